@@ -1,0 +1,24 @@
+"""Point-cloud ops: FPS, kNN, grouping, Chamfer and 3-NN interpolation.
+
+Each op has a pure-torch reference path and fast paths picked by ``backend="auto"``.
+"""
+
+from .chamfer import chamfer_l1, chamfer_l2, nearest_sq_dists
+from .fps import furthest_point_sample, gather_points
+from .group import group
+from .interpolation import three_nn_interpolate
+from .knn import knn
+
+fps = furthest_point_sample
+
+__all__ = [
+    "chamfer_l1",
+    "chamfer_l2",
+    "fps",
+    "furthest_point_sample",
+    "gather_points",
+    "group",
+    "knn",
+    "nearest_sq_dists",
+    "three_nn_interpolate",
+]

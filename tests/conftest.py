@@ -1,0 +1,31 @@
+"""Shared test fixtures: where the official reference vectors live, and test-wide settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+#: ../shared beside the checkout (CI lays it there); never copied into the repo.
+SHARED = Path(os.environ.get("RECON_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+OFFICIAL = SHARED / "fixtures" / "official"
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    """The official fixtures folder; the tests that need it fail loudly if it is missing."""
+    if not OFFICIAL.is_dir():
+        pytest.fail(f"official fixtures not found at {OFFICIAL}; set RECON_SHARED_DIR")
+    return OFFICIAL
+
+
+def load_fixture(path: Path) -> dict:
+    """Load a fixture file safely (tensors and plain containers only)."""
+    return torch.load(path, weights_only=True, map_location="cpu")
