@@ -1,0 +1,29 @@
+"""Standard pre-norm transformer block (the reconstruction decoder's layer)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import SelfAttention
+from .drop_path import drop_path_or_identity
+from .mlp import Mlp
+
+
+class TransformerBlock(nn.Module):
+    """``x + DropPath(Attn(LN1(x)))`` then ``x + DropPath(MLP(LN2(x)))``."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path_or_identity(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
