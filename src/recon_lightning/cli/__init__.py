@@ -1,0 +1,1 @@
+"""Console entry points: recon-train, recon-eval, recon-data, recon-convert, recon-report."""

@@ -1,0 +1,87 @@
+"""``recon-train``: compose the Hydra config, build trainer, data and task, fit (and test).
+
+Conventions every task config follows (so this file stays generic):
+- ``cfg.task`` is instantiated with ``_recursive_=False``; the task reads the nested configs it
+  needs (``model``, ``teachers``, ...) that its YAML pulls in by interpolation.
+- ``cfg.data.total_bs`` is the global batch; each device gets ``total_bs / world_size``.
+- ``ckpt_path`` resumes a run (Lightning checkpoint: weights, optimiser, schedule, epoch).
+- A task with ``write_results(path, info)`` writes ``results.json`` after the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ._hydra import config_dir, instantiate_group
+
+log = logging.getLogger("recon_lightning")
+
+
+def per_device_batch(total_bs: int, world_size: int) -> int:
+    """Split the global batch over devices as the reference does (it must divide evenly)."""
+    if total_bs % world_size:
+        raise ValueError(
+            f"data.total_bs={total_bs} does not split over {world_size} devices; choose a "
+            "multiple of the device count"
+        )
+    return total_bs // world_size
+
+
+def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """Instantiate ``(trainer, datamodule, task)`` from a composed config."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    pl.seed_everything(cfg.seed, workers=True)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")) or False,
+    )
+    data_cfg = cfg.data
+    if "total_bs" in data_cfg:
+        data_cfg = data_cfg.copy()
+        with open_dict(data_cfg):
+            data_cfg.batch_size = per_device_batch(data_cfg.pop("total_bs"), trainer.world_size)
+    datamodule = instantiate(data_cfg)
+    task = instantiate(cfg.task, _recursive_=False)
+    return trainer, datamodule, task
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (and optionally test) the configured task; returns the final metrics."""
+    start = time.time()
+    trainer, datamodule, task = build(cfg)
+    if cfg.get("train", True):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", False):
+        for row in trainer.test(task, datamodule=datamodule, weights_only=False):
+            metrics.update({k: float(v) for k, v in row.items()})
+    if hasattr(task, "write_results") and trainer.is_global_zero:
+        info = {
+            "config_name": cfg.get("experiment_name") or cfg.get("task_name"),
+            "seed": cfg.seed,
+            "checkpoint": cfg.get("pretrained_ckpt"),
+            "wall_time_s": time.time() - start,
+        }
+        task.write_results(Path(cfg.paths.output_dir) / "results.json", info)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> None:
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    metrics = run(cfg)
+    log.info("final metrics: %s", json.dumps(metrics, indent=1))
+
+
+if __name__ == "__main__":
+    main()
