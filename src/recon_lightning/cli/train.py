@@ -4,7 +4,8 @@ Conventions every task config follows (so this file stays generic):
 - ``cfg.task`` is instantiated with ``_recursive_=False``; the task reads the nested configs it
   needs (``model``, ``teachers``, ...) that its YAML pulls in by interpolation.
 - ``cfg.data.total_bs`` is the global batch; each device gets ``total_bs / world_size``.
-- ``ckpt_path`` resumes a run (Lightning checkpoint: weights, optimiser, schedule, epoch).
+- ``ckpt_path`` names weights to start from (downstream tasks read it through interpolation);
+  ``resume`` resumes a run from a Lightning checkpoint (weights, optimiser, schedule, epoch).
 - A task with ``write_results(path, info)`` writes ``results.json`` after the run.
 """
 
@@ -60,7 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     trainer, datamodule, task = build(cfg)
     if cfg.get("train", True):
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("resume"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", False):
         for row in trainer.test(task, datamodule=datamodule, weights_only=False):
@@ -69,7 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         info = {
             "config_name": cfg.get("experiment_name") or cfg.get("task_name"),
             "seed": cfg.seed,
-            "checkpoint": cfg.get("pretrained_ckpt"),
+            "checkpoint": cfg.get("ckpt_path"),
             "wall_time_s": time.time() - start,
         }
         task.write_results(Path(cfg.paths.output_dir) / "results.json", info)
