@@ -81,7 +81,8 @@ _HF_TOP_MAP = {
 
 def from_hf(sd: StateDict) -> StateDict:
     """Hugging Face ``ViTModel`` layout -> timm layout; q, k, v rows are stacked into ``qkv``."""
-    sd = strip_prefix(sd, ("vit.",))
+    # ViTModel saves bare names; models wrapping it (ViTForImageClassification) add "vit.".
+    sd = {k.removeprefix("vit."): v for k, v in sd.items()}
     out: StateDict = {}
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, value in sd.items():

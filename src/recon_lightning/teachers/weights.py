@@ -10,6 +10,7 @@ download and where to put it.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -185,7 +186,10 @@ def read_state_dict(path: Path) -> StateDict:
         with np.load(path, allow_pickle=False) as npz:
             return {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
     if _is_torchscript_archive(path):
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch.jit is deprecated; we only take the tensors out of the archive.
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model", "base_model"):
