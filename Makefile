@@ -8,7 +8,7 @@ export KEOPS_CACHE_FOLDER ?= $(CURDIR)/.cache/keops
 export HF_HUB_OFFLINE ?= 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-full lint format bench clean
+.PHONY: install demo test test-full lint format bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m recon_lightning.cli.demo --output-dir outputs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q
