@@ -82,3 +82,9 @@ def test_param_groups_follow_reference_rules():
     ]
     assert [g["lr"] for g in groups] == pytest.approx([1e-2, 1e-3, 1e-3])
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0, 0.05]
+
+
+def test_no_warmup_trains_epoch_zero_at_base_lr():
+    assert lr_during_epoch(0, 1e-3, warmup_epochs=0) == 1e-3
+    assert lr_during_epoch(1, 1e-3, warmup_epochs=0, epochs=10) == pytest.approx(1e-3)
+    assert lr_during_epoch(11, 1e-3, warmup_epochs=0, epochs=10) == 1e-6

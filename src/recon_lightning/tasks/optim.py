@@ -93,12 +93,13 @@ def cosine_lr_at(
 def lr_during_epoch(epoch: int, base_lr: float, **kwargs: float) -> float:
     """The lr the reference trains epoch ``epoch`` with.
 
-    Building the scheduler sets every group to ``warmup_lr_init`` and the runner steps it after
-    each epoch with ``scheduler.step(epoch)``, so epochs 0 and 1 both train at ``warmup_lr_init``
-    and epoch e >= 1 trains at f(e - 1).
+    Building the scheduler with a warm-up sets every group to ``warmup_lr_init`` and the runner
+    steps it after each epoch with ``scheduler.step(epoch)``, so epochs 0 and 1 both train at
+    ``warmup_lr_init`` and epoch e >= 1 trains at f(e - 1). Without warm-up timm leaves the
+    groups at their base lr for epoch 0.
     """
     if epoch == 0:
-        return kwargs.get("warmup_lr_init", 1e-6)
+        return kwargs.get("warmup_lr_init", 1e-6) if kwargs.get("warmup_epochs", 10) else base_lr
     return cosine_lr_at(epoch - 1, base_lr, **kwargs)
 
 
