@@ -96,7 +96,8 @@ class SyntheticShapes(Dataset):
         seed: dataset seed; the same seed gives identical shapes and images.
         mode: ``"pretrain"`` or ``"classification"`` item format.
         num_points: stored points per shape.
-        npoints: points per item in pretrain mode (random subset of ``num_points``).
+        npoints: points per item in pretrain mode (random subset of ``num_points``); unused in
+            classification mode, where the DataModule samples on the device.
         num_classes: use the first ``num_classes`` of the 12 shape classes (>= 2).
         image_size: rendering resolution (before the 224 px image pipeline).
         deformation: strength of the random deformation (0 = none, 1 = default).
@@ -127,10 +128,11 @@ class SyntheticShapes(Dataset):
             raise ValueError(f"mode must be 'pretrain' or 'classification'; got {mode!r}")
         if not 2 <= num_classes <= len(SHAPE_CLASSES):
             raise ValueError(f"num_classes must be in [2, {len(SHAPE_CLASSES)}]; got {num_classes}")
-        if size < 0 or num_points < 1 or not 1 <= npoints <= num_points:
+        if size < 0 or num_points < 1:
+            raise ValueError(f"need size >= 0, num_points >= 1; got {size}, {num_points}")
+        if mode == "pretrain" and not 1 <= npoints <= num_points:
             raise ValueError(
-                f"need size >= 0 and 1 <= npoints <= num_points; got size={size}, "
-                f"npoints={npoints}, num_points={num_points}"
+                f"pretrain needs 1 <= npoints <= num_points={num_points}; got {npoints}"
             )
         if not 0.0 <= occlusion <= 1.0:
             raise ValueError(f"occlusion is a probability in [0, 1]; got {occlusion}")
