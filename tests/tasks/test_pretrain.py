@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import lightning.pytorch as pl
-import pytest
 import torch
 
 from recon_lightning.checkpoints.keymap import to_official
@@ -116,9 +115,11 @@ def test_fit_one_batch_and_checkpoint_roundtrip(tmp_path):
     assert {"train/chamfer", "train/img", "train/text", "val/loss"} <= set(trainer.callback_metrics)
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=False, map_location="cpu")
+    ckpt = torch.load(path, weights_only=True, map_location="cpu")
     assert not any(k.startswith("teachers.") for k in ckpt["state_dict"])  # frozen, never stored
     assert ckpt["hyper_parameters"]["model"]["img_dim"] == teachers.img_dim
-    restored = PretrainTask.load_from_checkpoint(path, teachers=teachers, weights_only=False)
-    for (n, a), b in zip(task.model.state_dict().items(), restored.model.state_dict().values()):
+    restored = PretrainTask.load_from_checkpoint(path, teachers=teachers, weights_only=True)
+    for (n, a), b in zip(
+        task.model.state_dict().items(), restored.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), n
