@@ -204,6 +204,9 @@ _VARIANTS: dict[str, _Variant] = {
 class ImageTeacher(FrozenModule):
     """A frozen image teacher: uint8 RGB (B, 3, H, W) -> (B, out_dim) float features.
 
+    Runs in its parameters' dtype (fp32, as the reference) unless called inside an autocast
+    region, which then applies as to any module.
+
     Attributes:
         name: the variant (one of ``IMAGE_TEACHERS``).
         out_dim: feature size (768 for the in21k ViTs, 512 for CLIP).

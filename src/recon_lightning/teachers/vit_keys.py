@@ -11,7 +11,9 @@ Classifier heads are dropped. Supported layouts:
   reference ``ckpt-last.pth`` holds the same layout under ``module.img_encoder.``.
 - ``hf``: Hugging Face ``google/vit-base-patch16-224-in21k`` (``ViTModel``, keys with or without a
   ``vit.`` prefix): separate q/k/v (concatenated into timm's ``qkv``), ``pooler.dense`` = the
-  representation layer.
+  representation layer (Hugging Face's timm conversion script maps ``pre_logits.fc`` onto it; that
+  the hub file equals the release numerically is not checked here, no weights being at hand). Its
+  config runs LayerNorm with eps 1e-12; loaded into timm's module it runs with the original 1e-6.
 - ``npz``: Google's JAX release (``ViT-B_16.npz``): ``Transformer/encoderblock_N/...`` kernels in
   (in, out) / (in, heads, head_dim) order, ``pre_logits/{kernel,bias}``.
 """
