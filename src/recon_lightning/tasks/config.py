@@ -1,0 +1,53 @@
+"""Small helpers shared by the downstream task modules: config plumbing and run context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: Encoder hyper-parameters (reference names) a downstream model accepts; the encoder group's
+#: decoder keys (``decoder_depth``, ``decoder_num_heads``) only concern pretraining.
+ENCODER_KEYS: tuple[str, ...] = (
+    "trans_dim",
+    "depth",
+    "num_heads",
+    "num_group",
+    "group_size",
+    "drop_path_rate",
+    "mlp_ratio",
+    "group_backend",
+)
+
+
+def plain(cfg: Any) -> Any:
+    """DictConfig / ListConfig -> resolved plain containers; anything else unchanged.
+
+    Hydra hands task constructors ``DictConfig`` objects when they are instantiated with
+    ``_recursive_=False``; hyper-parameters saved into checkpoints must be plain.
+    """
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(cfg, Mapping):
+        return {k: plain(v) for k, v in cfg.items()}
+    return cfg
+
+
+def encoder_kwargs(encoder: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The downstream-relevant part of an encoder config (``conf/encoder/*.yaml``).
+
+    ``encoder_dims`` (the reference's alias of ``trans_dim``) is accepted and must agree.
+    """
+    cfg = dict(plain(encoder) or {})
+    if "encoder_dims" in cfg:
+        dims = cfg.pop("encoder_dims")
+        if cfg.setdefault("trans_dim", dims) != dims:
+            raise ValueError(f"encoder_dims={dims} must equal trans_dim={cfg['trans_dim']}")
+    return {k: v for k, v in cfg.items() if k in ENCODER_KEYS}
+
+
+def datamodule_of(module: Any) -> Any | None:
+    """The DataModule attached to a LightningModule's trainer, or None."""
+    trainer = getattr(module, "_trainer", None)
+    return getattr(trainer, "datamodule", None) if trainer is not None else None

@@ -1,0 +1,129 @@
+"""``results.json``: the one record every run writes, and its atomic writer.
+
+Every task writes the same top-level layout so that ``recon-report`` can read any run:
+
+.. code-block:: json
+
+    {
+      "schema": 1,
+      "task": "classification",
+      "config_name": "finetune_scan_objbg", "seed": 0, "checkpoint": "...", "wall_time_s": 12.3,
+      "setting": {"protocol": "full", "dataset": "scanobjectnn_objbg", ...},
+      "headline": {"metric": "last_epoch_acc", "value": 93.1},
+      "metrics": {"last_epoch_acc": 93.1, "best_epoch_acc_test_selected": 94.0, ...},
+      "notes": {"best_epoch_acc_test_selected": "..."}
+    }
+
+Accuracies are percentages (0-100), as the reference prints them. ``headline`` names the metric a
+table should quote by default; the reference's optimistic selections (best epoch picked on the
+test split, max over voting repeats) are kept as their own, labelled entries, never as the
+headline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: Version of the layout above; bump when a key changes meaning.
+SCHEMA_VERSION = 1
+
+#: File name every run writes into its output directory.
+RESULTS_FILE = "results.json"
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: tensors / numpy scalars -> Python numbers, paths -> str, NaN -> None."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; a missing value is the honest rendering
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as indented JSON so readers never see a half-written file.
+
+    The text goes to a temporary file in the same directory, is flushed to disk, and then
+    replaces ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def build_results(
+    task: str,
+    info: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    headline: str,
+    setting: Mapping[str, Any] | None = None,
+    notes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Assemble one run's record in the layout of the module docstring.
+
+    Args:
+        task: ``classification`` | ``svm`` | ``zeroshot`` | ...
+        info: run facts from the CLI: ``config_name``, ``seed``, ``checkpoint``, ``wall_time_s``.
+        metrics: name -> value (accuracies in percent).
+        headline: the key of ``metrics`` a table quotes by default; must be present.
+        setting: what identifies the experiment beyond the config name (protocol, dataset, way,
+            shot, fold, ...).
+        notes: name -> explanation for metrics that need one (how it was selected).
+
+    Raises:
+        KeyError: ``headline`` is not one of ``metrics``.
+    """
+    if headline not in metrics:
+        raise KeyError(f"headline metric {headline!r} not among {sorted(metrics)}")
+    return {
+        "schema": SCHEMA_VERSION,
+        "task": task,
+        "config_name": info.get("config_name"),
+        "seed": info.get("seed"),
+        "checkpoint": info.get("checkpoint"),
+        "wall_time_s": info.get("wall_time_s"),
+        "setting": dict(setting or {}),
+        "headline": {"metric": headline, "value": metrics[headline]},
+        "metrics": dict(metrics),
+        "notes": dict(notes or {}),
+    }
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read one ``results.json``; raise naming the file if it is not a results record."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read results file {path}: {err}") from err
+    if not isinstance(data, dict) or "metrics" not in data or "schema" not in data:
+        raise ValueError(f"{path} is not a recon-lightning results.json (no schema / metrics)")
+    return data
