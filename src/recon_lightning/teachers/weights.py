@@ -155,7 +155,8 @@ def resolve_weights(spec: WeightSpec, checkpoint: str | os.PathLike[str] | None,
     get = "\n".join(f"  {src.how_to_get()}" for src in spec.sources)
     raise WeightsNotFoundError(
         f"No weights found for the {spec.what}. Looked in:\n{looked}\n"
-        f"Download one of them on a machine with network access, e.g.\n{get}\n"
+        f"Download one of them on a machine with network access, e.g. (`hf` is huggingface_hub's "
+        f"CLI; older releases call it `huggingface-cli`)\n{get}\n"
         "and copy it into the same cache here (HF_HUB_CACHE / HF_HOME, TORCH_HOME), or point at "
         f"the file directly: {key}=/path/to/file. For a run without pretrained weights use "
         "teachers=random."
