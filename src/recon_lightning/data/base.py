@@ -47,7 +47,8 @@ class PointCloudDataModule(L.LightningDataModule, ABC):
     Args:
         mode: ``"pretrain"`` (points/image/text batches) or ``"classification"``.
         npoints: points per cloud the model sees.
-        batch_size: training batch size (the reference's ``total_bs``).
+        batch_size: per-device training batch size (the configs give the reference's global
+            ``total_bs``, which ``recon-train`` divides by the device count).
         eval_batch_size: validation/test batch size; defaults to ``batch_size``.
         num_workers: DataLoader workers.
         pin_memory: pin host memory; default: when CUDA is available.
