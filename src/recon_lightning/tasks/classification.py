@@ -246,10 +246,10 @@ class ClassificationTask(pl.LightningModule):
         metrics = {"test/acc": 100.0 * float(self.test_acc.compute())}
         self.test_acc.reset()
         if int(self.vote_cfg["times"]) > 0:
-            metrics["test/vote_acc"] = 100.0 * float(self.vote_acc.compute()[0])
+            metrics["test/vote_acc"] = 100.0 * float(self.vote_acc.compute().reshape(-1)[0])
             self.vote_acc.reset()
         if self.vote_repeat_acc is not None:
-            accs = 100.0 * self.vote_repeat_acc.compute()
+            accs = 100.0 * self.vote_repeat_acc.compute().reshape(-1)
             self.vote_repeat_acc.reset()
             metrics["test/vote_acc_max_reference"] = float(accs.max())
             metrics["test/vote_acc_mean_over_repeats"] = float(accs.mean())
