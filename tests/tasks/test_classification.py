@@ -7,8 +7,8 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import load_fixture
 
+from conftest import load_fixture
 from recon_lightning.checkpoints.keymap import to_official
 from recon_lightning.data.synthetic import SyntheticShapesDataModule
 from recon_lightning.tasks.classification import ClassificationTask, classifier_config

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tasks.test_classification import cpu_trainer, tiny_data, tiny_task
 
 from recon_lightning.data.transforms import fps_sample
 from recon_lightning.tasks.voting import RepeatedVoteAccuracy, vote_logits, vote_pool
+from tasks.test_classification import cpu_trainer, tiny_data, tiny_task
 
 
 def test_vote_logits_average_the_views_in_draw_order():
