@@ -415,3 +415,26 @@ def test_base_parameter_counts_match_reference(official_dir):
         assert trainable == counts[name]["trainable"], name
         if "all_parameters" in counts[name] and not name.startswith("pretrain"):
             assert sum(p.numel() for p in model.parameters()) == counts[name]["all_parameters"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pretrain_in21k_ckpt-last", "classifier_full_15"])
+def test_base_checkpoint_file_loads_every_tensor(base_keys, name, tmp_path):
+    """A base-size checkpoint file in the reference's layout, loaded for real, tensor by tensor."""
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape, dtype in base_keys[name]["base_model"]:
+        if dtype == "int64":
+            state[key] = torch.tensor(7)
+        else:
+            state[key] = torch.randn(shape, generator=g)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"base_model": state, "epoch": 300}, path)
+    model = load_official(path)
+    kind = "pretrain" if name.startswith("pretrain") else "classification"
+    loaded = model.state_dict()
+    teacher = ("module.img_encoder.", "module.text_encoder.")
+    for key, value in state.items():
+        if key.startswith(teacher):
+            continue
+        assert torch.equal(loaded[to_ours(key.removeprefix("module."), kind)], value), key

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import cuda
 from recon_lightning.models import ReConPretrainer, build_pretrainer
 
 SMALL = {
@@ -159,3 +160,15 @@ def test_no_weight_decay_and_reference_yaml_config():
     names = dict(m.named_parameters())
     assert m.no_weight_decay() <= set(names)
     assert "decoder.mask_token" in m.no_weight_decay()
+
+
+@cuda
+def test_pretrainer_on_cuda_matches_cpu():
+    m = model().eval()
+    pts, img, text = batch()
+    mask = torch.zeros(4, 8, dtype=torch.bool)
+    mask[:, ::2] = True
+    cpu = m.losses(pts, img, text, mask=mask)
+    gpu = m.cuda().losses(pts.cuda(), img.cuda(), text.cuda(), mask=mask.cuda())
+    for key, value in cpu.items():
+        torch.testing.assert_close(gpu[key].cpu(), value, rtol=1e-4, atol=1e-5)
