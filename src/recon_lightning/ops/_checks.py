@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 
@@ -12,7 +14,9 @@ def check_points(name: str, x: torch.Tensor, dim: int | None = 3) -> None:
     if x.dim() != 3:
         raise ValueError(f"{name} must have shape (B, N, 3); got {tuple(x.shape)}")
     if dim is not None and x.shape[-1] != dim:
-        raise ValueError(f"{name} must have {dim} coordinates in its last dim; got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have {dim} coordinates in its last dim; got {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.shape[0] == 0:
@@ -20,7 +24,9 @@ def check_points(name: str, x: torch.Tensor, dim: int | None = 3) -> None:
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no points (N = 0)")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains non-finite coordinates (NaN or inf); clean the input first")
+        raise ValueError(
+            f"{name} contains non-finite coordinates (NaN or inf); clean the input first"
+        )
 
 
 def check_same_batch(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
@@ -32,4 +38,19 @@ def check_same_batch(a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor)
     if a.dtype != b.dtype:
         raise TypeError(f"{a_name} and {b_name} have different dtypes: {a.dtype} vs {b.dtype}")
     if a.device != b.device:
-        raise ValueError(f"{a_name} and {b_name} are on different devices: {a.device} vs {b.device}")
+        raise ValueError(
+            f"{a_name} and {b_name} are on different devices: {a.device} vs {b.device}"
+        )
+
+
+def check_count(name: str, value: object, upper: int, upper_name: str) -> int:
+    """Return ``value`` as an int, raising unless it is an integer in ``[1, upper]``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer; got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer; got {value!r}") from None
+    if not 1 <= v <= upper:
+        raise ValueError(f"{name} must be in [1, {upper_name}={upper}]; got {name}={v}")
+    return v

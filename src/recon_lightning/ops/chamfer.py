@@ -2,14 +2,74 @@
 
 ``chamfer_l2`` = mean over X of min_y |x-y|² + mean over Y of min_x |x-y|² (means over all B·N and
 B·M points, the two terms summed). ``chamfer_l1`` = (mean sqrt(d1) + mean sqrt(d2)) / 2.
+
+The nearest neighbours are found without autograd by a backend, then gathered, and the squared
+distances recomputed with autograd: gradients are those of the reference kernel (ties to the lowest
+index) and memory stays O(B·(N+M)). Backends as for :func:`~recon_lightning.ops.knn.knn`, plus a
+fused numba pass that finds both directions from one sweep over the pairs (the patch case).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._backend import as_numpy, check_backend, numba_threads, require_cpu, with_keops_fallback
 from ._checks import check_points, check_same_batch
-from .knn import knn
+from .fps import gather_points
+from .knn import knn_indices, knn_indices_torch
+
+#: CPU ``auto``: the fused brute force while both sets have <= _BRUTE_MAX_N points and
+#: B·N·M <= _BRUTE_MAX_PAIRS, else the KD-tree (measured crossover, docs/benchmarks-ops.md).
+_BRUTE_MAX_N = 2048
+_BRUTE_MAX_PAIRS = 1 << 26
+
+CHAMFER_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops")
+
+
+def _nearest_numba(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from ._knn_numba import nearest_both
+
+    numba_threads()
+    i1, i2 = nearest_both(as_numpy(x), as_numpy(y))
+    return torch.from_numpy(i1), torch.from_numpy(i2)
+
+
+def _nearest_by_knn(
+    x: torch.Tensor, y: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return knn_indices(x, y, 1, backend)[..., 0], knn_indices(y, x, 1, backend)[..., 0]
+
+
+def nearest_indices(
+    x: torch.Tensor, y: torch.Tensor, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-neighbour indices in both directions, without autograd.
+
+    Args:
+        x: (B, N, 3); y: (B, M, 3).
+
+    Returns:
+        ``(idx1, idx2)``: (B, N) int64 into ``y`` and (B, M) int64 into ``x``.
+    """
+    if backend == "auto":
+        if x.device.type == "cuda":
+            return with_keops_fallback(
+                "chamfer",
+                lambda: _nearest_by_knn(x, y, "keops"),
+                lambda: _nearest_by_knn(x, y, "torch"),
+            )
+        if x.device.type != "cpu":
+            return _nearest_by_knn(x, y, "torch")
+        b, n, _ = x.shape
+        m = y.shape[1]
+        small = max(n, m) <= _BRUTE_MAX_N and b * n * m <= _BRUTE_MAX_PAIRS
+        backend = "numba" if small else "kdtree"
+    if backend == "numba":
+        require_cpu("chamfer", backend, x)
+        return _nearest_numba(x, y)
+    if backend == "torch":
+        return knn_indices_torch(x, y, 1)[..., 0], knn_indices_torch(y, x, 1)[..., 0]
+    return _nearest_by_knn(x, y, backend)
 
 
 def nearest_sq_dists(
@@ -19,6 +79,7 @@ def nearest_sq_dists(
 
     Args:
         pred: (B, N, 3); target: (B, M, 3).
+        backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"kdtree"`` or ``"keops"``.
 
     Returns:
         ``(dist1, dist2)``: (B, N) for pred -> target and (B, M) for target -> pred.
@@ -26,9 +87,12 @@ def nearest_sq_dists(
     check_points("pred", pred)
     check_points("target", target)
     check_same_batch("pred", pred, "target", target)
-    d1, _ = knn(pred, target, 1, backend=backend)
-    d2, _ = knn(target, pred, 1, backend=backend)
-    return d1.squeeze(-1), d2.squeeze(-1)
+    check_backend("chamfer", backend, CHAMFER_BACKENDS)
+    idx1, idx2 = nearest_indices(pred, target, backend)
+    idx1, idx2 = idx1.to(pred.device), idx2.to(pred.device)
+    d1 = (pred - gather_points(target, idx1)).square().sum(-1)
+    d2 = (target - gather_points(pred, idx2)).square().sum(-1)
+    return d1, d2
 
 
 def chamfer_l2(pred: torch.Tensor, target: torch.Tensor, backend: str = "auto") -> torch.Tensor:

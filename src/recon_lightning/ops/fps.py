@@ -4,19 +4,35 @@ The reference (``pointnet2_ops.furthest_point_sample``) always takes point 0 fir
 minimum squared distance that starts at 1e10, and then repeatedly takes the point with the largest
 running minimum. Points with x²+y²+z² <= 1e-3 are never taken after index 0 (the kernel's skip of
 zero padding); if no point qualifies, index 0 is returned. Exact ties go to the lowest index.
+
+Backends (``backend=``), index-identical to each other:
+
+* ``torch``: one vectorised-over-batch loop of n steps; any device, the reference.
+* ``numba``: compiled, parallel over the batch; a plain loop for small clouds and, from
+  ``_TREE_MIN_N`` points on, an exact FPS pruned by a bounding-box tree (``_fps_numba``). CPU.
+* ``auto``: ``numba`` on CPU, ``torch`` elsewhere.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_points
+from ._backend import as_numpy, check_backend, numba_threads, require_cpu
+from ._checks import check_count, check_points
 
 #: Squared norm at or below which the reference kernel skips a point (``mag <= 1e-3``).
 SKIP_NORM_SQ = 1e-3
+#: The numba path switches from the plain loop to the pruned tree at this many points per cloud
+#: (measured crossover on the benchmark machine, docs/benchmarks-ops.md).
+_TREE_MIN_N = 2048
+#: Points per leaf of the pruned tree (flat optimum between 32 and 64 in the benchmarks).
+_TREE_LEAF = 32
+FPS_BACKENDS = ("auto", "torch", "numba")
 
 
-def furthest_point_sample_torch(xyz: torch.Tensor, n: int, skip_origin: bool = True) -> torch.Tensor:
+def furthest_point_sample_torch(
+    xyz: torch.Tensor, n: int, skip_origin: bool = True
+) -> torch.Tensor:
     """Reference path: one vectorised-over-batch torch loop of ``n`` steps.
 
     Args:
@@ -32,7 +48,9 @@ def furthest_point_sample_torch(xyz: torch.Tensor, n: int, skip_origin: bool = T
     idx = torch.zeros(b, n, dtype=torch.long, device=xyz.device)
     min_d = torch.full((b, num), 1e10, dtype=xyz.dtype, device=xyz.device)
     if skip_origin:
-        eligible = (xyz * xyz).sum(-1) > SKIP_NORM_SQ
+        # The kernel compares the float magnitude with the double literal 1e-3, so compare in
+        # float64: a float32 threshold would round 1e-3 up and skip a point the kernel keeps.
+        eligible = (xyz * xyz).sum(-1).double() > SKIP_NORM_SQ
     rows = torch.arange(b, device=xyz.device)
     last = torch.zeros(b, dtype=torch.long, device=xyz.device)
     for j in range(1, n):
@@ -47,6 +65,27 @@ def furthest_point_sample_torch(xyz: torch.Tensor, n: int, skip_origin: bool = T
     return idx
 
 
+def furthest_point_sample_numba(
+    xyz: torch.Tensor, n: int, skip_origin: bool = True, tree: bool | None = None
+) -> torch.Tensor:
+    """Compiled path (CPU): (B, N, 3) -> (B, n) int64, identical to the reference path.
+
+    Args:
+        tree: force the pruned tree (True) or the plain loop (False); None picks by N.
+    """
+    from ._fps_numba import fps_brute, fps_tree
+
+    numba_threads()
+    pts = as_numpy(xyz)
+    if tree is None:
+        tree = xyz.shape[1] >= _TREE_MIN_N
+    if tree:
+        idx = fps_tree(pts, n, skip_origin, SKIP_NORM_SQ, _TREE_LEAF)
+    else:
+        idx = fps_brute(pts, n, skip_origin, SKIP_NORM_SQ)
+    return torch.from_numpy(idx)
+
+
 def furthest_point_sample(
     xyz: torch.Tensor, n: int, skip_origin: bool = True, backend: str = "auto"
 ) -> torch.Tensor:
@@ -55,17 +94,22 @@ def furthest_point_sample(
     Args:
         xyz: (B, N, 3) coordinates.
         n: number of samples, 1 <= n <= N.
-        skip_origin: the reference kernel's skip of points with |p|² <= 1e-3 (default on).
-        backend: ``"auto"`` or ``"torch"``.
+        skip_origin: the reference kernel's skip of points with |p|² <= 1e-3 (default on); off
+            gives plain FPS from point 0.
+        backend: ``"auto"``, ``"torch"`` or ``"numba"`` (module docstring).
 
     Returns:
-        (B, n) int64 indices.
+        (B, n) int64 indices on the device of ``xyz``.
     """
     check_points("xyz", xyz)
-    if not 1 <= n <= xyz.shape[1]:
-        raise ValueError(f"n must be in [1, N={xyz.shape[1]}]; got n={n}")
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"unknown FPS backend {backend!r}; choose 'auto' or 'torch'")
+    n = check_count("n", n, xyz.shape[1], "N")
+    check_backend("furthest_point_sample", backend, FPS_BACKENDS)
+    if backend == "auto":
+        backend = "numba" if xyz.device.type == "cpu" else "torch"
+    if backend == "numba":
+        require_cpu("furthest_point_sample", backend, xyz)
+        # float16/bfloat16 are searched in float32 (as_numpy); float32/float64 as given.
+        return furthest_point_sample_numba(xyz, n, skip_origin=skip_origin)
     return furthest_point_sample_torch(xyz, n, skip_origin=skip_origin)
 
 

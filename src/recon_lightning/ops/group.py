@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .fps import furthest_point_sample, gather_points
+from .fps import FPS_BACKENDS, furthest_point_sample, gather_points
 from .knn import knn
 
 
@@ -17,7 +17,8 @@ def group(
         xyz: (B, N, 3) points.
         num_group: number of FPS centers G (with the reference kernel's skip rule).
         group_size: neighbours per center k.
-        backend: passed to the FPS and kNN ops.
+        backend: the kNN backend (``"auto"``, ``"torch"``, ``"numba"``, ``"kdtree"``,
+            ``"keops"``); FPS uses it too where FPS has it, else its own ``"auto"``.
 
     Returns:
         ``(neighborhood, center)``: (B, G, k, 3) coordinates relative to their center, nearest
@@ -25,7 +26,8 @@ def group(
     """
     if xyz.dim() == 3 and group_size > xyz.shape[1]:
         raise ValueError(f"group_size={group_size} exceeds the number of points N={xyz.shape[1]}")
-    center_idx = furthest_point_sample(xyz, num_group, backend=backend)
+    fps_backend = backend if backend in FPS_BACKENDS else "auto"
+    center_idx = furthest_point_sample(xyz, num_group, backend=fps_backend)
     center = gather_points(xyz, center_idx)
     _, idx = knn(center, xyz, group_size, backend=backend)
     neighborhood = gather_points(xyz, idx) - center.unsqueeze(2)

@@ -18,6 +18,7 @@ def three_nn_interpolate(
 
     Args:
         xyz_dst: (B, N, 3); xyz_src: (B, S, 3) with S >= 3; features_src: (B, S, C).
+        backend: the kNN backend (see :func:`~recon_lightning.ops.knn.knn`).
 
     Returns:
         (B, N, C) interpolated features.
@@ -31,6 +32,7 @@ def three_nn_interpolate(
             f"got {tuple(features_src.shape)}"
         )
     d2, idx = knn(xyz_dst, xyz_src, 3, backend=backend)
+    # Weights are constants, as in PointNet++'s three_interpolate (no gradient through three_nn).
     w = 1.0 / (d2.detach() + 1e-8)
     w = w / w.sum(-1, keepdim=True)
     return (gather_points(features_src, idx) * w.unsqueeze(-1)).sum(2)
