@@ -33,6 +33,7 @@ from recon_lightning.models import (
     build_pretrainer,
     build_zeroshot,
     classification_features,
+    create_model,
     svm_features,
 )
 from recon_lightning.tasks.optim import build_param_groups
@@ -407,6 +408,8 @@ def test_base_parameter_counts_match_reference(official_dir):
             "classifier_linear_40": build_classifier(cls_dim=40, head_type="linear"),
             "svm_backbone": build_encoder(),
             "zeroshot_full": build_zeroshot(),
+            "classifier_full_15_small": create_model("recon_small", cls_dim=15),
+            "classifier_full_15_tiny": create_model("recon_tiny", cls_dim=15),
         }
     for name, model in models.items():
         if isinstance(model, ReConClassifier) and model.head_type != "full":
@@ -415,6 +418,21 @@ def test_base_parameter_counts_match_reference(official_dir):
         assert trainable == counts[name]["trainable"], name
         if "all_parameters" in counts[name] and not name.startswith("pretrain"):
             assert sum(p.numel() for p in model.parameters()) == counts[name]["all_parameters"]
+    # The spec's §2.10 table, row by row (segmentation is not built here).
+    spec = json.loads((official_dir / "g_base_keys" / "counts_and_loading.json").read_text())
+    rows = {
+        "classifier_full_15": "classifier_full_15",
+        "classifier_full_40": "classifier_full_40",
+        "pretrain_in21k_trainable": "pretrain_in21k",
+        "pretrain_clip_trainable": "pretrain_clip",
+        "backbone_only": "svm_backbone",
+        "classifier_full_15_small": "classifier_full_15_small",
+        "classifier_full_15_tiny": "classifier_full_15_tiny",
+    }
+    for row, name in rows.items():
+        assert sum(p.numel() for p in models[name].parameters()) == spec["spec_2_10"][row], row
+    assert sum(p.numel() for p in models["classifier_full_15"].parameters()) == 43_571_215
+    assert sum(p.numel() for p in models["pretrain_in21k"].parameters()) == 50_781_280
 
 
 @pytest.mark.slow
