@@ -196,7 +196,8 @@ class ReConPretrainer(nn.Module):
             losses["text"] = distillation_loss(text_pred, text_target)
         if cls_proj is not None and labels is not None:
             losses["smc"] = smc_loss(cls_proj, labels, self.smc_temperature)
-        losses["total"] = torch.stack(list(losses.values())).sum()
+        # Python's sum, as the reference: it also promotes mixed dtypes under autocast.
+        losses["total"] = sum(losses.values(), torch.zeros((), device=points.device))
         return PretrainOutput(enc, recon, img_pred, text_pred, cls_proj, losses, dec_hidden)
 
     def losses(
