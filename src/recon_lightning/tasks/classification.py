@@ -171,6 +171,22 @@ class ClassificationTask(pl.LightningModule):
             self.model.encoder.eval()
         return self
 
+    def setup(self, stage: str) -> None:
+        """Fail early when the data cannot feed this head (wrong batch mode, too many classes)."""
+        dm = datamodule_of(self)
+        if dm is None:
+            return
+        if getattr(dm, "mode", "classification") != "classification":
+            raise ValueError(
+                f"the classification task needs classification batches; the DataModule is in "
+                f"mode={dm.mode!r} (for SyntheticShapes use data=synthetic_cls)"
+            )
+        if dm.num_classes > self.model.cls_dim:
+            raise ValueError(
+                f"the dataset has {dm.num_classes} classes but the head only "
+                f"{self.model.cls_dim} outputs; raise task.model.cls_dim"
+            )
+
     # ------------------------------------------------------------------ steps
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
