@@ -20,10 +20,28 @@ def config_dir() -> str:
     return str(path)
 
 
+def instantiate(cfg, **kwargs):
+    """``hydra.utils.instantiate`` that raises our own error, not Hydra's wrapper around it.
+
+    Hydra wraps every exception raised inside a ``_target_`` (once per nesting level); a user who
+    forgot a dataset or teacher weights should read our message, not a chain of wrappers.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause: BaseException = err
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is err:
+            raise
+        raise cause from None
+
+
 def instantiate_group(cfg: DictConfig | None) -> list:
     """Instantiate every entry of a dict-of-configs group (callbacks, loggers) that has a target."""
-    from hydra.utils import instantiate
-
     if not cfg:
         return []
     return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]

@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ._hydra import config_dir, instantiate_group
+from ._hydra import config_dir, instantiate, instantiate_group
 
 log = logging.getLogger("recon_lightning")
 
@@ -38,7 +38,6 @@ def per_device_batch(total_bs: int, world_size: int) -> int:
 def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """Instantiate ``(trainer, datamodule, task)`` from a composed config."""
     import lightning.pytorch as pl
-    from hydra.utils import instantiate
 
     pl.seed_everything(cfg.seed, workers=True)
     trainer = instantiate(

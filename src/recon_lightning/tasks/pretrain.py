@@ -42,9 +42,14 @@ def build_teachers_from_config(teachers: Any) -> nn.Module | None:
     """Instantiate a teachers config (``_target_``) or pass a built module through."""
     if teachers is None or isinstance(teachers, nn.Module):
         return teachers
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(teachers)
+    try:
+        return instantiate(teachers)
+    except InstantiationException as err:
+        # Hydra wraps the loader's error (e.g. which weight files to fetch); show that one.
+        raise (err.__cause__ or err) from None
 
 
 class PretrainTask(pl.LightningModule):
