@@ -129,3 +129,23 @@ def test_mid_size_cloud_against_torch(backend):
     (w,) = torch.autograd.grad(want, x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
     torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("side", [5, 9])  # 125 points: fused sweep; 729: tree search
+def test_exact_ties_take_the_lowest_index(backend, side):
+    """Grid points half-way between two others: the gradient goes to the lower-index neighbour,
+    as in the reference kernel (both numba paths and torch's argmin)."""
+    g = torch.arange(side, dtype=torch.float64)
+    grid = torch.cartesian_prod(g, g, g)
+    grid = grid[torch.randperm(len(grid), generator=torch.Generator().manual_seed(1))][None]
+    x = (grid[:, ::3] + torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)).requires_grad_()
+    y = grid.clone().requires_grad_()
+    got = torch.autograd.grad(ops.chamfer_l2(x, y, backend), (x, y))
+    d = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
+    i1 = torch.sort(d, dim=2, stable=True).indices[..., 0]
+    i2 = torch.sort(d, dim=1, stable=True).indices[:, 0]
+    want_loss = ((x - y[:, i1[0]]) ** 2).sum(-1).mean() + ((y - x[:, i2[0]]) ** 2).sum(-1).mean()
+    want = torch.autograd.grad(want_loss, (x, y))
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-15)

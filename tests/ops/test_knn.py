@@ -7,6 +7,7 @@ import torch
 
 from ops.ops_cases import DEVICES, DTYPES, blobs, load_ops
 from recon_lightning import ops
+from recon_lightning.ops.knn import knn_indices_numba
 
 CPU_BACKENDS = ["torch", "numba", "kdtree"]
 
@@ -74,6 +75,23 @@ def test_kdtree_batch_shift_keeps_clouds_apart():
     d, idx = ops.knn(query, points, 6, "kdtree")
     want_d, want_idx = naive_knn(query, points, 6)
     assert_same_neighbours(d, idx, want_d, want_idx, exact_sets=True)
+
+
+@pytest.mark.parametrize("tree", [False, True])
+@pytest.mark.parametrize("b", [1, 3])
+def test_numba_paths_follow_distance_then_index_order(tree, b):
+    """On an integer grid (countless exact ties) both numba paths, and both tree kernels (one
+    cloud per thread for b=3, queries in parallel for b=1), return exactly the (distance, index)
+    order of a stable sort."""
+    g = torch.arange(6, dtype=torch.float64)
+    grid = torch.cartesian_prod(g, g, g)[
+        torch.randperm(216, generator=torch.Generator().manual_seed(0))
+    ]
+    points = grid.expand(b, -1, -1).contiguous()
+    query = (points[:, ::5] + torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)).contiguous()
+    for k in (1, 7):
+        idx = knn_indices_numba(query, points, k, tree=tree)
+        assert torch.equal(idx, naive_knn(query, points, k)[1])
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

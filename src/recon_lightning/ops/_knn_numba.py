@@ -11,6 +11,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._tree_numba import box_sq_dist, build_tree, morton_sort
+
+#: A node is skipped when its box lower bound exceeds the k-th distance by this relative margin,
+#: far above the few-ulp error of a computed squared distance (~3e-7 in float32).
+_PRUNE_REL = 1e-6
+_PRUNE_ABS = 1e-30
+
 
 @njit(cache=True, parallel=True)
 def knn_brute(query: np.ndarray, points: np.ndarray, k: int) -> np.ndarray:
@@ -106,3 +113,194 @@ def nearest_both(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             idx1[bi, i] = besti
         idx2[bi, :] = i2
     return idx1, idx2
+
+
+@njit(cache=True, nogil=True)
+def _tree_search(qx, qy, qz, k, c3, orig, left, start, end, bmin, bmax, stack, stack_lb, bd, bi):
+    """Exact k-NN of one query in a tree from ``_tree_numba`` (nearest child first).
+
+    Fills ``bd``/``bi`` (k,) with squared distances and original indices sorted by (distance,
+    index), i.e. exact ties go to the lower index. A node is skipped only when its box is farther
+    than the current k-th distance by a relative margin far above float rounding, so no point that
+    could enter the result is skipped.
+    """
+    xs, ys, zs = c3[0], c3[1], c3[2]
+    bd[:] = np.inf
+    bi[:] = np.iinfo(np.int64).max
+    qx64, qy64, qz64 = np.float64(qx), np.float64(qy), np.float64(qz)
+    top = 0
+    stack[0] = 0
+    stack_lb[0] = 0.0
+    while top >= 0:
+        i = stack[top]
+        lb = stack_lb[top]
+        top -= 1
+        if lb * (1.0 - _PRUNE_REL) - _PRUNE_ABS > bd[k - 1]:
+            continue
+        c = left[i]
+        if c >= 0:
+            l0 = box_sq_dist(bmin, bmax, c, qx64, qy64, qz64)
+            l1 = box_sq_dist(bmin, bmax, c + 1, qx64, qy64, qz64)
+            near, far, lnear, lfar = c, c + 1, l0, l1
+            if l1 < l0:
+                near, far, lnear, lfar = c + 1, c, l1, l0
+            stack[top + 1], stack_lb[top + 1] = far, lfar  # popped after the nearer child
+            stack[top + 2], stack_lb[top + 2] = near, lnear
+            top += 2
+            continue
+        for t in range(start[i], end[i]):
+            dx = xs[t] - qx
+            dy = ys[t] - qy
+            dz = zs[t] - qz
+            d = dx * dx + dy * dy + dz * dz
+            o = orig[t]
+            if d < bd[k - 1] or (d == bd[k - 1] and o < bi[k - 1]):
+                r = k - 1
+                while r > 0 and (bd[r - 1] > d or (bd[r - 1] == d and bi[r - 1] > o)):
+                    bd[r] = bd[r - 1]
+                    bi[r] = bi[r - 1]
+                    r -= 1
+                bd[r] = d
+                bi[r] = o
+
+
+@njit(cache=True, nogil=True)
+def _tree_search1(qx, qy, qz, c3, orig, left, start, end, bmin, bmax, stack, stack_lb, seed):
+    """Nearest point (ties: lower index) of one query; returns its tree position.
+
+    The k=1 case of :func:`_tree_search`, primed with ``seed`` (a tree position): queries run in
+    Morton order, so the previous query's answer is close and bounds the search from the start.
+    """
+    xs, ys, zs = c3[0], c3[1], c3[2]
+    dx = xs[seed] - qx
+    dy = ys[seed] - qy
+    dz = zs[seed] - qz
+    best = dx * dx + dy * dy + dz * dz
+    bo = orig[seed]
+    bt = seed
+    qx64, qy64, qz64 = np.float64(qx), np.float64(qy), np.float64(qz)
+    top = 0
+    stack[0] = 0
+    stack_lb[0] = 0.0
+    while top >= 0:
+        i = stack[top]
+        lb = stack_lb[top]
+        top -= 1
+        bound = best + _PRUNE_REL * best + _PRUNE_ABS
+        if lb * (1.0 - _PRUNE_REL) > bound:
+            continue
+        c = left[i]
+        if c >= 0:
+            l0 = box_sq_dist(bmin, bmax, c, qx64, qy64, qz64)
+            l1 = box_sq_dist(bmin, bmax, c + 1, qx64, qy64, qz64)
+            near, far, lnear, lfar = c, c + 1, l0, l1
+            if l1 < l0:
+                near, far, lnear, lfar = c + 1, c, l1, l0
+            if lfar * (1.0 - _PRUNE_REL) <= bound:
+                top += 1
+                stack[top], stack_lb[top] = far, lfar
+            if lnear * (1.0 - _PRUNE_REL) <= bound:
+                top += 1
+                stack[top], stack_lb[top] = near, lnear
+            continue
+        for t in range(start[i], end[i]):
+            dx = xs[t] - qx
+            dy = ys[t] - qy
+            dz = zs[t] - qz
+            d = dx * dx + dy * dy + dz * dz
+            if d <= best:
+                o = orig[t]
+                if d < best or o < bo:
+                    best, bo, bt = d, o, t
+    return bt
+
+
+@njit(cache=True, nogil=True)
+def _prepare(query: np.ndarray, points: np.ndarray, leaf_size: int):
+    """Tree over one cloud ``points`` (N, 3) and the Morton order of its ``query`` (M, 3).
+
+    Returns ``(c3, perm, left, start, end, bmin, bmax, qraw, qorder)``: tree-ordered coordinates
+    (3, N), tree position -> original index, the tree (``build_tree``), query coordinates (3, M)
+    and the query visiting order.
+    """
+    n, m = points.shape[0], query.shape[0]
+    raw = np.empty((3, n), points.dtype)
+    for a in range(3):
+        for j in range(n):
+            raw[a, j] = points[j, a]
+    perm, codes = morton_sort(raw)
+    c3 = np.empty((3, n), points.dtype)
+    for a in range(3):
+        for t in range(n):
+            c3[a, t] = raw[a, perm[t]]
+    _, left, start, end, bmin, bmax = build_tree(c3, codes, leaf_size)
+    qraw = np.empty((3, m), query.dtype)
+    for a in range(3):
+        for j in range(m):
+            qraw[a, j] = query[j, a]
+    qorder, _ = morton_sort(qraw)
+    return c3, perm, left, start, end, bmin, bmax, qraw, qorder
+
+
+@njit(cache=True, nogil=True)
+def _query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, t0, t1, out):
+    """Answer the queries ``qorder[t0:t1]`` (a run of the Morton order) into ``out`` (M, k)."""
+    stack = np.empty(64 * 3, np.int64)
+    stack_lb = np.empty(64 * 3)
+    bd = np.empty(k, c3.dtype)
+    bi = np.empty(k, np.int64)
+    seed = 0
+    for t in range(t0, t1):
+        qi = qorder[t]
+        qx, qy, qz = qraw[0, qi], qraw[1, qi], qraw[2, qi]
+        if k == 1:
+            seed = _tree_search1(
+                qx, qy, qz, c3, perm, left, start, end, bmin, bmax, stack, stack_lb, seed
+            )
+            out[qi, 0] = perm[seed]
+        else:
+            _tree_search(
+                qx, qy, qz, k, c3, perm, left, start, end, bmin, bmax, stack, stack_lb, bd, bi
+            )
+            out[qi, :] = bi
+
+
+@njit(cache=True, parallel=True)
+def knn_tree_over_clouds(
+    query: np.ndarray, points: np.ndarray, k: int, leaf_size: int
+) -> np.ndarray:
+    """Tree k-NN, one cloud per thread: for batches of many clouds. Same result as
+    :func:`knn_tree_over_queries`: (B, M, k) int64 sorted by (distance, index)."""
+    b, m = query.shape[0], query.shape[1]
+    out = np.empty((b, m, k), np.int64)
+    for bb in prange(b):
+        c3, perm, left, start, end, bmin, bmax, qraw, qorder = _prepare(
+            query[bb], points[bb], leaf_size
+        )
+        _query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, 0, m, out[bb])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def knn_tree_over_queries(
+    query: np.ndarray, points: np.ndarray, k: int, leaf_size: int
+) -> np.ndarray:
+    """Tree k-NN of each ``query`` (B, M, 3) among ``points`` (B, N, 3), queries in parallel.
+
+    Per cloud: an O(N) Morton-order tree (``_tree_numba``), then the queries in contiguous chunks
+    of their Morton order, so neighbouring queries run on one thread, share cache and (k=1) each
+    seeds the next. For few, large clouds.
+
+    Returns (B, M, k) int64, sorted by (distance, index).
+    """
+    b, m = query.shape[0], query.shape[1]
+    out = np.empty((b, m, k), np.int64)
+    n_chunks = min(m, 64)
+    for bb in range(b):
+        c3, perm, left, start, end, bmin, bmax, qraw, qorder = _prepare(
+            query[bb], points[bb], leaf_size
+        )
+        for ch in prange(n_chunks):
+            t0, t1 = ch * m // n_chunks, (ch + 1) * m // n_chunks
+            _query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, t0, t1, out[bb])
+    return out

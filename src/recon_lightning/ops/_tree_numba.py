@@ -136,14 +136,12 @@ def build_tree(c3: np.ndarray, codes: np.ndarray, leaf_size: int):
 
 @njit(cache=True, nogil=True, inline="always")
 def box_sq_dist(bmin: np.ndarray, bmax: np.ndarray, i: int, qx: float, qy: float, qz: float):
-    """Squared distance (float64) from (qx, qy, qz) to the box of node ``i``; 0 inside it."""
-    gx = bmin[i, 0] - qx
-    if gx < 0.0:
-        gx = max(qx - bmax[i, 0], 0.0)
-    gy = bmin[i, 1] - qy
-    if gy < 0.0:
-        gy = max(qy - bmax[i, 1], 0.0)
-    gz = bmin[i, 2] - qz
-    if gz < 0.0:
-        gz = max(qz - bmax[i, 2], 0.0)
+    """Squared distance (float64) from (qx, qy, qz) to the box of node ``i``; 0 inside it.
+
+    Written with max() only: compiled to branch-free selects, since which side of a box a query
+    lies on is unpredictable and mispredicted branches dominated the searches.
+    """
+    gx = max(max(bmin[i, 0] - qx, qx - bmax[i, 0]), 0.0)
+    gy = max(max(bmin[i, 1] - qy, qy - bmax[i, 1]), 0.0)
+    gz = max(max(bmin[i, 2] - qz, qz - bmax[i, 2]), 0.0)
     return gx * gx + gy * gy + gz * gz

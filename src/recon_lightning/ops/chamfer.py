@@ -5,8 +5,9 @@ B·M points, the two terms summed). ``chamfer_l1`` = (mean sqrt(d1) + mean sqrt(
 
 The nearest neighbours are found without autograd by a backend, then gathered, and the squared
 distances recomputed with autograd: gradients are those of the reference kernel (ties to the lowest
-index) and memory stays O(B·(N+M)). Backends as for :func:`~recon_lightning.ops.knn.knn`, plus a
-fused numba pass that finds both directions from one sweep over the pairs (the patch case).
+index) and memory stays O(B·(N+M)). Backends as for :func:`~recon_lightning.ops.knn.knn`; the
+numba one finds both directions in one sweep over the pairs for small sets (the patch case) and
+with its tree search (k=1) for larger ones. ``auto`` on CPU is ``numba``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from ._checks import check_points, check_same_batch
 from .fps import gather_points
 from .knn import knn_indices, knn_indices_torch
 
-#: CPU ``auto``: the fused brute force while both sets have <= _BRUTE_MAX_N points and
-#: B·N·M <= _BRUTE_MAX_PAIRS, else the KD-tree (measured crossover, docs/benchmarks-ops.md).
-_BRUTE_MAX_N = 2048
-_BRUTE_MAX_PAIRS = 1 << 26
+#: numba backend: the fused both-direction sweep while both sets have <= _BRUTE_MAX_N points,
+#: else the tree search (measured crossover, docs/benchmarks-ops.md).
+_BRUTE_MAX_N = 512
 
 CHAMFER_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops")
 
 
 def _nearest_numba(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if max(x.shape[1], y.shape[1]) > _BRUTE_MAX_N:
+        return _nearest_by_knn(x, y, "numba")
     from ._knn_numba import nearest_both
 
     numba_threads()
@@ -58,12 +60,7 @@ def nearest_indices(
                 lambda: _nearest_by_knn(x, y, "keops"),
                 lambda: _nearest_by_knn(x, y, "torch"),
             )
-        if x.device.type != "cpu":
-            return _nearest_by_knn(x, y, "torch")
-        b, n, _ = x.shape
-        m = y.shape[1]
-        small = max(n, m) <= _BRUTE_MAX_N and b * n * m <= _BRUTE_MAX_PAIRS
-        backend = "numba" if small else "kdtree"
+        backend = "numba" if x.device.type == "cpu" else "torch"
     if backend == "numba":
         require_cpu("chamfer", backend, x)
         return _nearest_numba(x, y)

@@ -7,12 +7,13 @@ and no differentiable (B, M, N) matrix is ever held.
 Backends (``backend=``):
 
 * ``torch``: dense distances in bounded query blocks and ``topk``; any device, the reference.
-* ``numba``: compiled brute force, parallel over queries, O(B·M·k) memory; CPU.
-* ``kdtree``: pykdtree, one tree for the whole batch; CPU clouds of thousands of points and more.
+* ``numba``: compiled, O(B·(N+M·k)) memory; CPU. Brute force for tiny sets, else an exact
+  search in an O(N)-built Morton kd-tree (``_knn_numba``), parallel over clouds or over queries.
+* ``kdtree``: pykdtree, one tree for the whole batch; CPU.
 * ``keops``: pykeops ``argKmin`` on a symbolic distance matrix; the GPU path.
 * ``auto``: CUDA -> ``keops`` (``torch`` if KeOps is unavailable, with one warning); CPU ->
-  ``numba`` while the brute-force work B·M·N is small, else ``kdtree`` (thresholds measured in
-  benchmarks/ops.py, docs/benchmarks-ops.md).
+  ``numba``, which measured fastest at every benchmarked size (benchmarks/ops.py,
+  docs/benchmarks-ops.md); other devices -> ``torch``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from .fps import gather_points
 
 #: Elements of one dense distance block in the torch path (bounds peak memory).
 _TORCH_BLOCK_ELEMS = 1 << 24
-#: CPU ``auto``: compiled brute force while candidates per query N <= this and the total work
-#: B·M·N <= _BRUTE_MAX_PAIRS; measured crossover with the KD-tree on the 2-core benchmark machine.
-_BRUTE_MAX_N = 8192
-_BRUTE_MAX_PAIRS = 1 << 26
+#: numba backend: brute force while N <= _BRUTE_MAX_N or fewer than _TREE_MIN_M queries per
+#: cloud (a tree does not pay for its build there); measured crossover, docs/benchmarks-ops.md.
+_BRUTE_MAX_N = 256
+_TREE_MIN_M = 16
+#: Points per leaf of the numba tree (32-64 measured flat).
+_TREE_LEAF = 32
 
 KNN_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops")
 
@@ -36,7 +39,8 @@ KNN_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops")
 def knn_indices_torch(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
     """Reference path: dense squared distances in query blocks, ``topk`` smallest, sorted.
 
-    Returns (B, M, k) int64 indices, nearest first. Runs without autograd.
+    Returns (B, M, k) int64 indices, nearest first (k=1: exact ties to the lowest index). Runs
+    without autograd.
     """
     b, m, _ = query.shape
     n = points.shape[1]
@@ -47,25 +51,33 @@ def knn_indices_torch(query: torch.Tensor, points: torch.Tensor, k: int) -> torc
         for s in range(0, m, block):
             q = query[:, s : s + block]
             d = (q * q).sum(-1, keepdim=True) - 2.0 * q @ points.transpose(1, 2) + p_sq
-            out.append(d.topk(k, dim=-1, largest=False, sorted=True).indices)
+            if k == 1:  # argmin documents first-occurrence ties: the reference's lowest index
+                out.append(d.argmin(-1, keepdim=True))
+            else:
+                out.append(d.topk(k, dim=-1, largest=False, sorted=True).indices)
     return torch.cat(out, dim=1)
 
 
-def knn_indices_numba(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
-    """Compiled brute force on CPU (see ``_knn_numba``); (B, M, k) int64, nearest first."""
-    from ._knn_numba import knn_brute
+def knn_indices_numba(
+    query: torch.Tensor, points: torch.Tensor, k: int, tree: bool | None = None
+) -> torch.Tensor:
+    """Compiled path on CPU (see ``_knn_numba``); (B, M, k) int64, sorted by (distance, index).
+
+    Args:
+        tree: force the tree (True) or brute force (False); None picks by size.
+    """
+    from ._knn_numba import knn_brute, knn_tree_over_clouds, knn_tree_over_queries
 
     numba_threads()
     q, p = as_numpy(query), as_numpy(points)
-    if q.dtype != p.dtype:
-        q, p = q.astype("float32"), p.astype("float32")
-    return torch.from_numpy(knn_brute(q, p, k))
-
-
-def _auto_cpu(query: torch.Tensor, points: torch.Tensor) -> str:
-    b, m, _ = query.shape
-    n = points.shape[1]
-    return "numba" if n <= _BRUTE_MAX_N and b * m * n <= _BRUTE_MAX_PAIRS else "kdtree"
+    b, m, n = q.shape[0], q.shape[1], p.shape[1]
+    if tree is None:
+        tree = n > _BRUTE_MAX_N and m >= _TREE_MIN_M
+    if not tree:
+        return torch.from_numpy(knn_brute(q, p, k))
+    # One cloud per thread when there are enough clouds, else the queries of each in parallel.
+    kernel = knn_tree_over_clouds if b >= torch.get_num_threads() else knn_tree_over_queries
+    return torch.from_numpy(kernel(q, p, k, _TREE_LEAF))
 
 
 def knn_indices(query: torch.Tensor, points: torch.Tensor, k: int, backend: str) -> torch.Tensor:
@@ -77,7 +89,7 @@ def knn_indices(query: torch.Tensor, points: torch.Tensor, k: int, backend: str)
                 lambda: knn_indices(query, points, k, "keops"),
                 lambda: knn_indices_torch(query, points, k),
             )
-        backend = _auto_cpu(query, points) if query.device.type == "cpu" else "torch"
+        backend = "numba" if query.device.type == "cpu" else "torch"
     if backend == "torch":
         return knn_indices_torch(query, points, k)
     if backend == "keops":
