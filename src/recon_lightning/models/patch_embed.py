@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,9 +37,15 @@ class MiniPointNet(nn.Module):
             (B, G, C) tokens; the result does not depend on the order of points in a patch.
         """
         b, g, k, _ = patches.shape
-        x = patches.reshape(b * g, k, 3).transpose(1, 2)  # (BG, 3, k)
-        x = self.conv1_2(self.act(self.bn1(self.conv1_1(x))))  # (BG, 256, k)
-        pooled = x.amax(dim=2, keepdim=True)  # (BG, 256, 1)
-        x = torch.cat([pooled.expand(-1, -1, k), x], dim=1)  # (BG, 512, k)
-        x = self.conv2_2(self.act(self.bn2(self.conv2_1(x))))  # (BG, C, k)
-        return x.amax(dim=2).reshape(b, g, self.embed_dim)
+        # Points as rows: the 1x1 convolutions become matrix products on (B*G*k, channels).
+        x = patches.reshape(b * g * k, 3)
+        x = self.act(self.bn1(F.linear(x, self.conv1_1.weight[..., 0], self.conv1_1.bias)))
+        x = F.linear(x, self.conv1_2.weight[..., 0], self.conv1_2.bias).reshape(b * g, k, 256)
+        pooled = x.max(dim=1).values  # (BG, 256)
+        # conv2_1 on [pooled broadcast, x] equals W_pooled @ pooled (once per patch, not once
+        # per point) + W_local @ x: the same sum, half the work of the widest layer.
+        w = self.conv2_1.weight[..., 0]
+        per_patch = F.linear(pooled, w[:, :256], self.conv2_1.bias).unsqueeze(1)  # (BG, 1, 512)
+        x = (F.linear(x, w[:, 256:]) + per_patch).reshape(b * g * k, 512)
+        x = F.linear(self.act(self.bn2(x)), self.conv2_2.weight[..., 0], self.conv2_2.bias)
+        return x.reshape(b * g, k, self.embed_dim).max(dim=1).values.reshape(b, g, self.embed_dim)
