@@ -77,6 +77,8 @@ def test_task_reports_plain_vote_and_reference_max_separately():
 class MeanReadout(torch.nn.Module):
     """A permutation-invariant classifier: logits from the mean point."""
 
+    cls_dim = 4
+
     def __init__(self) -> None:
         super().__init__()
         self.fc = torch.nn.Linear(3, 4)
