@@ -41,6 +41,14 @@ class EvalOnlyMixin:
     def configure_optimizers(self) -> None:
         raise RuntimeError(EVAL_ONLY_MESSAGE.format(name=self.task_name))
 
+    def require_single_device(self, trainer: pl.Trainer) -> None:
+        """The evaluation gathers every feature in one process: refuse multi-device trainers."""
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"the {self.task_name} evaluation runs on one device; got a trainer with "
+                f"world_size={trainer.world_size}: set trainer.devices=1"
+            )
+
 
 class SVMTask(EvalOnlyMixin, pl.LightningModule):
     """Linear-SVM probe of a (pretrained) encoder; ``recon-eval`` calls :meth:`evaluate`.
@@ -100,6 +108,7 @@ class SVMTask(EvalOnlyMixin, pl.LightningModule):
 
     def evaluate(self, trainer: pl.Trainer, datamodule: Any) -> dict[str, Any]:
         """Train-split features -> LinearSVC -> test-split accuracy (percent)."""
+        self.require_single_device(trainer)
         datamodule.setup("fit")
         datamodule.setup("test")
         self.npoints = int(datamodule.npoints)

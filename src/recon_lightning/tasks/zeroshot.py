@@ -180,6 +180,7 @@ class ZeroShotTask(EvalOnlyMixin, pl.LightningModule):
 
     def evaluate(self, trainer: pl.Trainer, datamodule: Any) -> dict[str, Any]:
         """Prototypes of the dataset's class names, then accuracy over ``split`` (percent)."""
+        self.require_single_device(trainer)
         splits = SPLITS[self.split]
         if "train" in splits:
             datamodule.setup("fit")
