@@ -146,3 +146,9 @@ def test_frozen_backbone_mode():
     assert task.model.encoder.training  # reference: the frozen backbone runs in train mode
     task = tiny_task("linear", frozen_backbone_mode="eval").train()
     assert not task.model.encoder.training and task.model.head.training
+
+
+def test_results_without_any_evaluation_say_so():
+    record = tiny_task().results({"config_name": "x", "seed": 0})
+    assert record["headline"] == {"metric": None, "value": None}
+    assert record["metrics"] == {}

@@ -83,7 +83,7 @@ def build_results(
     task: str,
     info: Mapping[str, Any],
     metrics: Mapping[str, Any],
-    headline: str,
+    headline: str | None,
     setting: Mapping[str, Any] | None = None,
     notes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -93,7 +93,8 @@ def build_results(
         task: ``classification`` | ``svm`` | ``zeroshot`` | ...
         info: run facts from the CLI: ``config_name``, ``seed``, ``checkpoint``, ``wall_time_s``.
         metrics: name -> value (accuracies in percent).
-        headline: the key of ``metrics`` a table quotes by default; must be present.
+        headline: the key of ``metrics`` a table quotes by default; must be present. None when
+            nothing was evaluated (e.g. a run with validation and test switched off).
         setting: what identifies the experiment beyond the config name (protocol, dataset, way,
             shot, fold, ...).
         notes: name -> explanation for metrics that need one (how it was selected).
@@ -101,7 +102,7 @@ def build_results(
     Raises:
         KeyError: ``headline`` is not one of ``metrics``.
     """
-    if headline not in metrics:
+    if headline is not None and headline not in metrics:
         raise KeyError(f"headline metric {headline!r} not among {sorted(metrics)}")
     return {
         "schema": SCHEMA_VERSION,
@@ -111,7 +112,7 @@ def build_results(
         "checkpoint": info.get("checkpoint"),
         "wall_time_s": info.get("wall_time_s"),
         "setting": dict(setting or {}),
-        "headline": {"metric": headline, "value": metrics[headline]},
+        "headline": {"metric": headline, "value": None if headline is None else metrics[headline]},
         "metrics": dict(metrics),
         "notes": dict(notes or {}),
     }
