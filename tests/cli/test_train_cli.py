@@ -168,3 +168,24 @@ def test_console_entry_point_runs(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train/loss" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("experiment", ["finetune_scan_objbg", "fewshot"])
+def test_downstream_recipe_runs_on_synthetic_shapes(experiment, tmp_path):
+    """`data=synthetic` serves classification recipes too: the task asks for its item format."""
+    overrides = [
+        f"experiment={experiment}",
+        "data=synthetic",
+        "data.train_size=8",
+        "data.val_size=4",
+        "data.test_size=4",
+        "task.model.cls_dim=12",
+        f"paths.output_dir={tmp_path}",
+        "++trainer.fast_dev_run=true",
+        "task.vote.times=2",
+        *[o for o in TINY if "decoder" not in o],
+    ]
+    if experiment == "fewshot":
+        overrides += ["way=5", "shot=10", "fold=0"]
+    metrics = run(_compose(overrides))
+    assert np.isfinite(metrics["train/loss"])

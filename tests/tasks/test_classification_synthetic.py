@@ -64,7 +64,7 @@ def test_finetune_from_short_pretraining_is_clearly_above_chance(tmp_path):
         compose_cfg(
             [
                 "experiment=finetune_scan_objbg",
-                "data=synthetic_cls",
+                "data=synthetic",
                 f"ckpt_path={ckpt}",
                 f"paths.output_dir={ft}",
                 "trainer.max_epochs=8",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -215,7 +215,9 @@ class SyntheticShapesDataModule(PointCloudDataModule):
     """DataModule over :class:`SyntheticShapes` with train / val / test splits.
 
     Args:
-        mode: ``"pretrain"`` (points, image, text, label, index) or ``"classification"``.
+        mode: ``"pretrain"`` (points, image, text, label, index), ``"classification"``, or
+            ``"auto"``: the item format the attached task asks for (its ``data_mode``
+            attribute) at ``setup``, so one ``data=synthetic`` config serves every recipe.
         train_size, val_size, test_size: items per split.
         seed: dataset seed (same seed -> identical data).
         num_points: stored points per shape.
@@ -235,7 +237,7 @@ class SyntheticShapesDataModule(PointCloudDataModule):
 
     def __init__(
         self,
-        mode: Mode = "pretrain",
+        mode: Mode | Literal["auto"] = "pretrain",
         train_size: int = 2048,
         val_size: int = 256,
         test_size: int = 256,
@@ -256,6 +258,9 @@ class SyntheticShapesDataModule(PointCloudDataModule):
         vote_transform: str = "scale",
         shared_subset: bool = True,
     ) -> None:
+        self.auto_mode = mode == "auto"
+        if self.auto_mode:
+            mode = "pretrain"
         super().__init__(
             mode=mode,
             npoints=npoints,
@@ -281,6 +286,16 @@ class SyntheticShapesDataModule(PointCloudDataModule):
             "occlusion": occlusion,
         }
         self._num_classes = num_classes
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve ``mode="auto"`` from the attached task, then build the stage's splits."""
+        task = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        wanted = getattr(task, "data_mode", None)
+        if self.auto_mode and wanted in ("pretrain", "classification") and wanted != self.mode:
+            self.mode = wanted
+            self.dataset_kwargs["mode"] = wanted
+            self._datasets.clear()
+        super().setup(stage)
 
     def build_dataset(self, split: str) -> SyntheticShapes:
         """The :class:`SyntheticShapes` split with this module's settings."""

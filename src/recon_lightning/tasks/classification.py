@@ -104,6 +104,9 @@ class ClassificationTask(pl.LightningModule):
             runs in train mode) or ``eval`` (BatchNorm statistics and drop-path frozen too).
     """
 
+    #: Item format this task needs from a DataModule that can serve several (SyntheticShapes).
+    data_mode = "classification"
+
     def __init__(
         self,
         model: Mapping[str, Any],
@@ -179,7 +182,7 @@ class ClassificationTask(pl.LightningModule):
         if getattr(dm, "mode", "classification") != "classification":
             raise ValueError(
                 f"the classification task needs classification batches; the DataModule is in "
-                f"mode={dm.mode!r} (for SyntheticShapes use data=synthetic_cls)"
+                f"mode={dm.mode!r} (SyntheticShapes serves it with data=synthetic or data=synthetic_cls)"
             )
         if dm.num_classes > self.model.cls_dim:
             raise ValueError(

@@ -64,6 +64,9 @@ class PretrainTask(pl.LightningModule):
         scheduler: ``epochs``, ``warmup_epochs``, ``warmup_lr_init``, ``lr_min``.
     """
 
+    #: Item format this task needs from a DataModule that can serve several (SyntheticShapes).
+    data_mode = "pretrain"
+
     def __init__(
         self,
         model: Mapping[str, Any],

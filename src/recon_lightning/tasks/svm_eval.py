@@ -61,6 +61,9 @@ class SVMTask(EvalOnlyMixin, pl.LightningModule):
         seed: ``LinearSVC``'s random_state.
     """
 
+    #: Item format this task needs from a DataModule that can serve several (SyntheticShapes).
+    data_mode = "classification"
+
     task_name = "svm"
 
     def __init__(

@@ -99,6 +99,9 @@ class ZeroShotTask(EvalOnlyMixin, pl.LightningModule):
         class_names: override the DataModule's class names (the prompts' subject).
     """
 
+    #: Item format this task needs from a DataModule that can serve several (SyntheticShapes).
+    data_mode = "classification"
+
     task_name = "zeroshot"
 
     def __init__(
