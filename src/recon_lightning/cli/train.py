@@ -59,6 +59,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) the configured task; returns the final metrics."""
     start = time.time()
     trainer, datamodule, task = build(cfg)
+    from ..tasks.svm_eval import EVAL_ONLY_MESSAGE, EvalOnlyMixin
+
+    if isinstance(task, EvalOnlyMixin):  # say so before Lightning starts a loop
+        raise ValueError(EVAL_ONLY_MESSAGE.format(name=task.task_name))
     if cfg.get("train", True):
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("resume"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
