@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
@@ -40,11 +41,22 @@ def as_numpy(x: torch.Tensor) -> np.ndarray:
     return x.contiguous().numpy()
 
 
-def numba_threads() -> None:
-    """Run numba's parallel loops on as many threads as torch uses (``torch.set_num_threads``)."""
+@contextmanager
+def numba_parallel(chunksize: int = 1) -> Iterator[None]:
+    """Settings for our numba kernels' parallel loops, restored afterwards.
+
+    As many threads as torch uses (``torch.set_num_threads``), and iterations handed out
+    ``chunksize`` at a time instead of one fixed block per thread, so a core that is busy with
+    something else does not hold back the whole call.
+    """
     import numba
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    old = numba.set_parallel_chunksize(chunksize)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(old)
 
 
 def with_keops_fallback(op: str, keops_call: Callable[[], T], fallback: Callable[[], T]) -> T:

@@ -42,6 +42,31 @@ def _candidates(p: np.ndarray, skip_origin: bool, skip_norm_sq: float) -> np.nda
     return out[:c]
 
 
+@njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})
+def _update_leaf(md, xs, ys, zs, qx, qy, qz, s: int, e: int):
+    """``md[t] = min(md[t], |p_t - q|²)`` for ``t`` in ``s:e``; returns the new ``max(md[s:e])``.
+
+    The squared distance is the reference's expression, in the input dtype, in the same order:
+    the fast-math flags used (no NaNs, sign of zero ignored) allow no reassociation or FMA
+    contraction, so every value is bit-identical, while the branch-free min/max vectorise.
+    Inputs are finite (checked by the caller), so there are no NaNs.
+    """
+    dx = xs[s] - qx
+    dy = ys[s] - qy
+    dz = zs[s] - qz
+    m = min(md[s], dx * dx + dy * dy + dz * dz)
+    md[s] = m
+    best = m
+    for t in range(s + 1, e):
+        dx = xs[t] - qx
+        dy = ys[t] - qy
+        dz = zs[t] - qz
+        m = min(md[t], dx * dx + dy * dy + dz * dz)
+        md[t] = m
+        best = max(best, m)
+    return best
+
+
 @njit(cache=True, nogil=True)
 def _fps_brute_one(p: np.ndarray, n: int, skip_origin: bool, skip_norm_sq: float, out: np.ndarray):
     """FPS of one cloud ``p`` (N, 3) into ``out`` (n,) by the plain loop over candidates."""
@@ -59,48 +84,16 @@ def _fps_brute_one(p: np.ndarray, n: int, skip_origin: bool, skip_norm_sq: float
     out[0] = 0
     qx, qy, qz = p[0, 0], p[0, 1], p[0, 2]
     for j in range(1, n):
-        best = -1.0
-        besti = -1
-        for c in range(nc):
-            dx = xs[c] - qx
-            dy = ys[c] - qy
-            dz = zs[c] - qz
-            d = dx * dx + dy * dy + dz * dz
-            if d < md[c]:
-                md[c] = d
-            # Strict ">" over ascending candidates: exact ties go to the lowest index.
-            if md[c] > best:
-                best = md[c]
-                besti = c
-        if besti < 0:  # no candidate at all: the kernel returns index 0
+        if nc == 0:  # no candidate at all: the kernel returns index 0
             out[j] = 0
             continue
+        best = _update_leaf(md, xs, ys, zs, qx, qy, qz, 0, nc)
+        # Candidates ascend in index: the first one holding the maximum is the lowest index.
+        besti = 0
+        while md[besti] != best:
+            besti += 1
         out[j] = cand[besti]
         qx, qy, qz = xs[besti], ys[besti], zs[besti]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _update_min(md, xs, ys, zs, qx, qy, qz, s: int, e: int) -> None:
-    """``md[t] = min(md[t], |p_t - q|²)`` for ``t`` in ``s:e``; branch-free so that it vectorises.
-
-    The squared distance is the reference's expression, in the input dtype, in the same order.
-    """
-    for t in range(s, e):
-        dx = xs[t] - qx
-        dy = ys[t] - qy
-        dz = zs[t] - qz
-        d = dx * dx + dy * dy + dz * dz
-        md[t] = min(md[t], d)
-
-
-@njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _max_of(md, s: int, e: int):
-    """Largest of ``md[s:e]``. fastmath only lets the order of the comparisons change, which cannot
-    change a maximum of finite values, and unlocks a vectorised reduction."""
-    best = md[s]
-    for t in range(s + 1, e):
-        best = max(best, md[t])
-    return best
 
 
 @njit(cache=True, nogil=True)
@@ -161,8 +154,7 @@ def _fps_tree_one(
                 top += 2
                 continue
             s, e = start[i], end[i]
-            _update_min(md, xs, ys, zs, qx, qy, qz, s, e)
-            best = _max_of(md, s, e)
+            best = _update_leaf(md, xs, ys, zs, qx, qy, qz, s, e)
             # Exact ties inside a leaf (tree order is not index order): lowest original index.
             bestp = s
             bi = big

@@ -34,43 +34,50 @@ def knn_brute(query: np.ndarray, points: np.ndarray, k: int) -> np.ndarray:
         for a in range(3):
             for j in range(n):
                 pts[bi, a, j] = points[bi, j, a]
+    # Queries in parallel (the caller sets dynamic chunks, see _backend.numba_parallel).
     for task in prange(b * m):
-        bi = task // m
-        qi = task - bi * m
-        xs, ys, zs = pts[bi, 0], pts[bi, 1], pts[bi, 2]
-        qx, qy, qz = query[bi, qi, 0], query[bi, qi, 1], query[bi, qi, 2]
-        bd = np.empty(k, points.dtype)
-        bi_ = np.empty(k, np.int64)
-        # Seed the buffer with the first k points, insertion-sorted.
-        for j in range(k):
-            dx = xs[j] - qx
-            dy = ys[j] - qy
-            dz = zs[j] - qz
-            d = dx * dx + dy * dy + dz * dz
-            t = j
+        _knn_brute_one(query, pts, task // m, task % m, k, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _knn_brute_one(query, pts, bi, qi, k, out) -> None:
+    """The ``k`` nearest of query ``qi`` of cloud ``bi`` into ``out[bi, qi]``, by one scan of
+    the struct-of-arrays points ``pts`` (B, 3, N) with a sorted buffer of the k best."""
+    n = pts.shape[2]
+    xs, ys, zs = pts[bi, 0], pts[bi, 1], pts[bi, 2]
+    qx, qy, qz = query[bi, qi, 0], query[bi, qi, 1], query[bi, qi, 2]
+    bd = np.empty(k, pts.dtype)
+    bix = np.empty(k, np.int64)
+    # Seed the buffer with the first k points, insertion-sorted.
+    for j in range(k):
+        dx = xs[j] - qx
+        dy = ys[j] - qy
+        dz = zs[j] - qz
+        d = dx * dx + dy * dy + dz * dz
+        t = j
+        while t > 0 and bd[t - 1] > d:
+            bd[t] = bd[t - 1]
+            bix[t] = bix[t - 1]
+            t -= 1
+        bd[t] = d
+        bix[t] = j
+    worst = bd[k - 1]
+    for j in range(k, n):
+        dx = xs[j] - qx
+        dy = ys[j] - qy
+        dz = zs[j] - qz
+        d = dx * dx + dy * dy + dz * dz
+        if d < worst:  # strict: an equal distance keeps the earlier (lower) index
+            t = k - 1
             while t > 0 and bd[t - 1] > d:
                 bd[t] = bd[t - 1]
-                bi_[t] = bi_[t - 1]
+                bix[t] = bix[t - 1]
                 t -= 1
             bd[t] = d
-            bi_[t] = j
-        worst = bd[k - 1]
-        for j in range(k, n):
-            dx = xs[j] - qx
-            dy = ys[j] - qy
-            dz = zs[j] - qz
-            d = dx * dx + dy * dy + dz * dz
-            if d < worst:  # strict: an equal distance keeps the earlier (lower) index
-                t = k - 1
-                while t > 0 and bd[t - 1] > d:
-                    bd[t] = bd[t - 1]
-                    bi_[t] = bi_[t - 1]
-                    t -= 1
-                bd[t] = d
-                bi_[t] = j
-                worst = bd[k - 1]
-        out[bi, qi, :] = bi_
-    return out
+            bix[t] = j
+            worst = bd[k - 1]
+    out[bi, qi, :] = bix
 
 
 @njit(cache=True, parallel=True)
@@ -87,32 +94,40 @@ def nearest_both(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     idx1 = np.empty((b, n), np.int64)
     idx2 = np.empty((b, m), np.int64)
     for bi in prange(b):
-        yx = np.empty(m, y.dtype)
-        yy = np.empty(m, y.dtype)
-        yz = np.empty(m, y.dtype)
-        for j in range(m):
-            yx[j], yy[j], yz[j] = y[bi, j, 0], y[bi, j, 1], y[bi, j, 2]
-        d2 = np.empty(m, y.dtype)
-        d2[:] = np.inf
-        i2 = np.zeros(m, np.int64)
-        for i in range(n):
-            qx, qy, qz = x[bi, i, 0], x[bi, i, 1], x[bi, i, 2]
-            best = np.inf
-            besti = 0
-            for j in range(m):
-                dx = yx[j] - qx
-                dy = yy[j] - qy
-                dz = yz[j] - qz
-                d = dx * dx + dy * dy + dz * dz
-                if d < best:
-                    best = d
-                    besti = j
-                if d < d2[j]:  # strict, and i ascends: ties keep the lower index of x
-                    d2[j] = d
-                    i2[j] = i
-            idx1[bi, i] = besti
-        idx2[bi, :] = i2
+        _nearest_both_one(x, y, bi, idx1, idx2)
     return idx1, idx2
+
+
+@njit(cache=True, nogil=True)
+def _nearest_both_one(x, y, bi, idx1, idx2) -> None:
+    """Both nearest-neighbour directions for the cloud pair ``bi``, in one sweep over its pairs."""
+    m = y.shape[1]
+    n = x.shape[1]
+    yx = np.empty(m, y.dtype)
+    yy = np.empty(m, y.dtype)
+    yz = np.empty(m, y.dtype)
+    for j in range(m):
+        yx[j], yy[j], yz[j] = y[bi, j, 0], y[bi, j, 1], y[bi, j, 2]
+    d2 = np.empty(m, y.dtype)
+    d2[:] = np.inf
+    i2 = np.zeros(m, np.int64)
+    for i in range(n):
+        qx, qy, qz = x[bi, i, 0], x[bi, i, 1], x[bi, i, 2]
+        best = np.inf
+        besti = 0
+        for j in range(m):
+            dx = yx[j] - qx
+            dy = yy[j] - qy
+            dz = yz[j] - qz
+            d = dx * dx + dy * dy + dz * dz
+            if d < best:
+                best = d
+                besti = j
+            if d < d2[j]:  # strict, and i ascends: ties keep the lower index of x
+                d2[j] = d
+                i2[j] = i
+        idx1[bi, i] = besti
+    idx2[bi, :] = i2
 
 
 @njit(cache=True, nogil=True)

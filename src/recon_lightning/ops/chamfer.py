@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import as_numpy, check_backend, numba_threads, require_cpu, with_keops_fallback
+from ._backend import as_numpy, check_backend, numba_parallel, require_cpu, with_keops_fallback
 from ._checks import check_points, check_same_batch
 from .fps import gather_points
 from .knn import knn_indices, knn_indices_torch
@@ -31,8 +31,8 @@ def _nearest_numba(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
         return _nearest_by_knn(x, y, "numba")
     from ._knn_numba import nearest_both
 
-    numba_threads()
-    i1, i2 = nearest_both(as_numpy(x), as_numpy(y))
+    with numba_parallel(chunksize=8):  # cloud pairs of a few µs each
+        i1, i2 = nearest_both(as_numpy(x), as_numpy(y))
     return torch.from_numpy(i1), torch.from_numpy(i2)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import as_numpy, check_backend, numba_threads, require_cpu, with_keops_fallback
+from ._backend import as_numpy, check_backend, numba_parallel, require_cpu, with_keops_fallback
 from ._checks import check_count, check_points, check_same_batch
 from .fps import gather_points
 
@@ -68,16 +68,17 @@ def knn_indices_numba(
     """
     from ._knn_numba import knn_brute, knn_tree_over_clouds, knn_tree_over_queries
 
-    numba_threads()
     q, p = as_numpy(query), as_numpy(points)
     b, m, n = q.shape[0], q.shape[1], p.shape[1]
     if tree is None:
         tree = n > _BRUTE_MAX_N and m >= _TREE_MIN_M
     if not tree:
-        return torch.from_numpy(knn_brute(q, p, k))
+        with numba_parallel(chunksize=16):  # queries of a few µs each
+            return torch.from_numpy(knn_brute(q, p, k))
     # One cloud per thread when there are enough clouds, else the queries of each in parallel.
     kernel = knn_tree_over_clouds if b >= torch.get_num_threads() else knn_tree_over_queries
-    return torch.from_numpy(kernel(q, p, k, _TREE_LEAF))
+    with numba_parallel():
+        return torch.from_numpy(kernel(q, p, k, _TREE_LEAF))
 
 
 def knn_indices(query: torch.Tensor, points: torch.Tensor, k: int, backend: str) -> torch.Tensor:
