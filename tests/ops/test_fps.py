@@ -175,3 +175,13 @@ def test_tree_matches_loop_at_100k(dtype):
     pts = torch.randn(1, 100_000, 3, dtype=dtype)
     tree = furthest_point_sample_numba(pts, 4096, tree=True)
     assert torch.equal(tree, furthest_point_sample_numba(pts, 4096, tree=False))
+
+
+def test_huge_but_finite_coordinates_are_accepted():
+    """The finiteness check sums first; a sum that overflows must not be taken for an inf."""
+    pts = torch.full((1, 8, 3), 3e38)
+    pts[0, ::2] *= -1
+    pts[0, 0] = 0.0
+    pts[0, 1] = 3e38  # the sum overflows to inf although every coordinate is finite
+    assert not torch.isfinite(pts.sum())
+    assert ops.fps(pts, 3).shape == (1, 3)

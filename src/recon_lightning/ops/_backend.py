@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -39,24 +38,6 @@ def as_numpy(x: torch.Tensor) -> np.ndarray:
     if x.dtype != torch.float64:
         x = x.float()
     return x.contiguous().numpy()
-
-
-@contextmanager
-def numba_parallel(chunksize: int = 1) -> Iterator[None]:
-    """Settings for our numba kernels' parallel loops, restored afterwards.
-
-    As many threads as torch uses (``torch.set_num_threads``), and iterations handed out
-    ``chunksize`` at a time instead of one fixed block per thread, so a core that is busy with
-    something else does not hold back the whole call.
-    """
-    import numba
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    old = numba.set_parallel_chunksize(chunksize)
-    try:
-        yield
-    finally:
-        numba.set_parallel_chunksize(old)
 
 
 def with_keops_fallback(op: str, keops_call: Callable[[], T], fallback: Callable[[], T]) -> T:

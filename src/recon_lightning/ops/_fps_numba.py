@@ -10,13 +10,14 @@ Two kernels with the same result as :func:`furthest_point_sample_torch`, index f
   one whose minimum would not have changed: the result is the exact FPS, not an approximation.
 
 Both run on the candidate set {i : |p_i|² > 1e-3} (all points when the skip rule is off) seeded with
-point 0, which equals the reference kernel's skip rule. Batches run in parallel with ``prange``.
+point 0, which equals the reference kernel's skip rule. The drivers take a range of clouds, which
+the caller spreads over threads (``_parallel``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._tree_numba import box_sq_dist, build_tree, morton_sort
 
@@ -178,23 +179,26 @@ def _fps_tree_one(
         qx, qy, qz = xs[t], ys[t], zs[t]
 
 
-@njit(cache=True, parallel=True)
-def fps_brute(xyz: np.ndarray, n: int, skip_origin: bool, skip_norm_sq: float) -> np.ndarray:
-    """Plain-loop FPS of every cloud of ``xyz`` (B, N, 3) -> (B, n) int64, parallel over B."""
-    b = xyz.shape[0]
-    out = np.empty((b, n), np.int64)
-    for i in prange(b):
+@njit(cache=True, nogil=True)
+def fps_brute(
+    xyz: np.ndarray, n: int, skip_origin: bool, skip_norm_sq: float, b0: int, b1: int, out
+) -> None:
+    """Plain-loop FPS of clouds ``b0:b1`` of ``xyz`` (B, N, 3) into ``out`` (B, n) int64."""
+    for i in range(b0, b1):
         _fps_brute_one(xyz[i], n, skip_origin, skip_norm_sq, out[i])
-    return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def fps_tree(
-    xyz: np.ndarray, n: int, skip_origin: bool, skip_norm_sq: float, leaf_size: int
-) -> np.ndarray:
-    """Pruned KD-tree FPS of every cloud of ``xyz`` (B, N, 3) -> (B, n) int64, parallel over B."""
-    b = xyz.shape[0]
-    out = np.empty((b, n), np.int64)
-    for i in prange(b):
+    xyz: np.ndarray,
+    n: int,
+    skip_origin: bool,
+    skip_norm_sq: float,
+    leaf_size: int,
+    b0: int,
+    b1: int,
+    out: np.ndarray,
+) -> None:
+    """Pruned-tree FPS of clouds ``b0:b1`` of ``xyz`` (B, N, 3) into ``out`` (B, n) int64."""
+    for i in range(b0, b1):
         _fps_tree_one(xyz[i], n, skip_origin, skip_norm_sq, leaf_size, out[i])
-    return out

@@ -1,15 +1,21 @@
-"""Brute-force k-nearest-neighbour search compiled with numba (CPU).
+"""Exact k-nearest-neighbour search compiled with numba (CPU), serial kernels over ranges.
 
-Each query scans every point once, keeping its ``k`` best in a small sorted buffer; queries of all
-clouds run in parallel. Memory is O(B·M·k): no distance matrix. Squared distances use the reference
-expression ``dx² + dy² + dz²`` in the input dtype; exact ties keep the lower index first. Built for
-the ReCon sizes (a few thousand candidates per query); larger clouds go to the KD-tree backend.
+* Brute force (:func:`knn_brute`, :func:`nearest_both`): each query scans every point once,
+  keeping its ``k`` best in a small sorted buffer; for small sets such as 32-point patches.
+* Tree (:func:`tree_prepare`, :func:`tree_query_range`, :func:`knn_tree_clouds`): an O(N)-built
+  Morton kd-tree (``_tree_numba``) searched nearest child first, skipping boxes farther than the
+  current k-th distance.
+
+Results are sorted by (squared distance, index): exact ties go to the lower index, as in the
+reference Chamfer kernel. Squared distances use the reference expression ``dx² + dy² + dz²`` in
+the input dtype. Memory is O(B·(N + M·k)): no distance matrix. The kernels release the GIL and take
+a range of work, which the caller spreads over threads (``_parallel``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._tree_numba import box_sq_dist, build_tree, morton_sort
 
@@ -19,25 +25,17 @@ _PRUNE_REL = 1e-6
 _PRUNE_ABS = 1e-30
 
 
-@njit(cache=True, parallel=True)
-def knn_brute(query: np.ndarray, points: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` nearest ``points`` (B, N, 3) to each ``query`` (B, M, 3).
+@njit(cache=True, nogil=True)
+def knn_brute(query: np.ndarray, pts: np.ndarray, k: int, t0: int, t1: int, out: np.ndarray):
+    """The ``k`` nearest points of the queries ``t0:t1`` (flat index b·M + i) by brute force.
 
-    Returns (B, M, k) int64, sorted nearest first; ties go to the lower index.
+    Args:
+        query: (B, M, 3); pts: (B, 3, N) struct-of-arrays points (contiguous distance loops);
+        out: (B, M, k) int64, filled sorted nearest first; ties go to the lower index.
     """
-    b, m = query.shape[0], query.shape[1]
-    n = points.shape[1]
-    out = np.empty((b, m, k), np.int64)
-    # Struct-of-arrays copies of the candidates: contiguous, vectorisable distance loops.
-    pts = np.empty((b, 3, n), points.dtype)
-    for bi in prange(b):
-        for a in range(3):
-            for j in range(n):
-                pts[bi, a, j] = points[bi, j, a]
-    # Queries in parallel (the caller sets dynamic chunks, see _backend.numba_parallel).
-    for task in prange(b * m):
+    m = query.shape[1]
+    for task in range(t0, t1):
         _knn_brute_one(query, pts, task // m, task % m, k, out)
-    return out
 
 
 @njit(cache=True, nogil=True)
@@ -80,22 +78,17 @@ def _knn_brute_one(query, pts, bi, qi, k, out) -> None:
     out[bi, qi, :] = bix
 
 
-@njit(cache=True, parallel=True)
-def nearest_both(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest neighbour in both directions between ``x`` (B, N, 3) and ``y`` (B, M, 3).
+@njit(cache=True, nogil=True)
+def nearest_both(x: np.ndarray, y: np.ndarray, b0: int, b1: int, idx1, idx2) -> None:
+    """Nearest neighbour in both directions between ``x`` (B, N, 3) and ``y`` (B, M, 3), for the
+    cloud pairs ``b0:b1``.
 
     One pass over the N·M pairs of each cloud pair serves both directions (the Chamfer case of many
-    small patch pairs). Ties go to the lower index.
-
-    Returns:
-        ``(idx1, idx2)``: (B, N) int64 indices into ``y`` and (B, M) int64 indices into ``x``.
+    small patch pairs). Ties go to the lower index. Fills ``idx1`` (B, N) int64 (indices into
+    ``y``) and ``idx2`` (B, M) int64 (indices into ``x``).
     """
-    b, n, m = x.shape[0], x.shape[1], y.shape[1]
-    idx1 = np.empty((b, n), np.int64)
-    idx2 = np.empty((b, m), np.int64)
-    for bi in prange(b):
+    for bi in range(b0, b1):
         _nearest_both_one(x, y, bi, idx1, idx2)
-    return idx1, idx2
 
 
 @njit(cache=True, nogil=True)
@@ -231,7 +224,7 @@ def _tree_search1(qx, qy, qz, c3, orig, left, start, end, bmin, bmax, stack, sta
 
 
 @njit(cache=True, nogil=True)
-def _prepare(query: np.ndarray, points: np.ndarray, leaf_size: int):
+def tree_prepare(query: np.ndarray, points: np.ndarray, leaf_size: int):
     """Tree over one cloud ``points`` (N, 3) and the Morton order of its ``query`` (M, 3).
 
     Returns ``(c3, perm, left, start, end, bmin, bmax, qraw, qorder)``: tree-ordered coordinates
@@ -258,8 +251,9 @@ def _prepare(query: np.ndarray, points: np.ndarray, leaf_size: int):
 
 
 @njit(cache=True, nogil=True)
-def _query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, t0, t1, out):
-    """Answer the queries ``qorder[t0:t1]`` (a run of the Morton order) into ``out`` (M, k)."""
+def tree_query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, t0, t1, out):
+    """Answer the queries ``qorder[t0:t1]`` (a run of the Morton order: neighbouring queries share
+    cache and, for k=1, each seeds the next) into ``out`` (M, k), sorted by (distance, index)."""
     stack = np.empty(64 * 3, np.int64)
     stack_lb = np.empty(64 * 3)
     bd = np.empty(k, c3.dtype)
@@ -280,42 +274,12 @@ def _query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, t0, t1
             out[qi, :] = bi
 
 
-@njit(cache=True, parallel=True)
-def knn_tree_over_clouds(
-    query: np.ndarray, points: np.ndarray, k: int, leaf_size: int
-) -> np.ndarray:
-    """Tree k-NN, one cloud per thread: for batches of many clouds. Same result as
-    :func:`knn_tree_over_queries`: (B, M, k) int64 sorted by (distance, index)."""
-    b, m = query.shape[0], query.shape[1]
-    out = np.empty((b, m, k), np.int64)
-    for bb in prange(b):
-        c3, perm, left, start, end, bmin, bmax, qraw, qorder = _prepare(
-            query[bb], points[bb], leaf_size
-        )
-        _query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, 0, m, out[bb])
-    return out
-
-
-@njit(cache=True, parallel=True)
-def knn_tree_over_queries(
-    query: np.ndarray, points: np.ndarray, k: int, leaf_size: int
-) -> np.ndarray:
-    """Tree k-NN of each ``query`` (B, M, 3) among ``points`` (B, N, 3), queries in parallel.
-
-    Per cloud: an O(N) Morton-order tree (``_tree_numba``), then the queries in contiguous chunks
-    of their Morton order, so neighbouring queries run on one thread, share cache and (k=1) each
-    seeds the next. For few, large clouds.
-
-    Returns (B, M, k) int64, sorted by (distance, index).
-    """
-    b, m = query.shape[0], query.shape[1]
-    out = np.empty((b, m, k), np.int64)
-    n_chunks = min(m, 64)
-    for bb in range(b):
-        c3, perm, left, start, end, bmin, bmax, qraw, qorder = _prepare(
-            query[bb], points[bb], leaf_size
-        )
-        for ch in prange(n_chunks):
-            t0, t1 = ch * m // n_chunks, (ch + 1) * m // n_chunks
-            _query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, t0, t1, out[bb])
-    return out
+@njit(cache=True, nogil=True)
+def knn_tree_clouds(query, points, k: int, leaf_size: int, b0: int, b1: int, out) -> None:
+    """Tree k-NN for the clouds ``b0:b1``: query (B, M, 3) among points (B, N, 3) into ``out``
+    (B, M, k) int64, sorted by (distance, index). One tree per cloud, built in O(N)."""
+    m = query.shape[1]
+    for bb in range(b0, b1):
+        prep = tree_prepare(query[bb], points[bb], leaf_size)
+        c3, perm, left, start, end, bmin, bmax, qraw, qorder = prep
+        tree_query_range(k, c3, perm, left, start, end, bmin, bmax, qraw, qorder, 0, m, out[bb])

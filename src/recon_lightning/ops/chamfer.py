@@ -12,10 +12,12 @@ with its tree search (k=1) for larger ones. ``auto`` on CPU is ``numba``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ._backend import as_numpy, check_backend, numba_parallel, require_cpu, with_keops_fallback
+from ._backend import as_numpy, check_backend, require_cpu, with_keops_fallback
 from ._checks import check_points, check_same_batch
+from ._parallel import ranges, run
 from .fps import gather_points
 from .knn import knn_indices, knn_indices_torch
 
@@ -31,8 +33,10 @@ def _nearest_numba(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
         return _nearest_by_knn(x, y, "numba")
     from ._knn_numba import nearest_both
 
-    with numba_parallel(chunksize=8):  # cloud pairs of a few µs each
-        i1, i2 = nearest_both(as_numpy(x), as_numpy(y))
+    xn, yn = as_numpy(x), as_numpy(y)
+    i1 = np.empty(xn.shape[:2], np.int64)
+    i2 = np.empty(yn.shape[:2], np.int64)
+    run(nearest_both, [(xn, yn, b0, b1, i1, i2) for b0, b1 in ranges(len(xn))])
     return torch.from_numpy(i1), torch.from_numpy(i2)
 
 

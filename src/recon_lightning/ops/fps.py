@@ -8,17 +8,20 @@ zero padding); if no point qualifies, index 0 is returned. Exact ties go to the 
 Backends (``backend=``), index-identical to each other:
 
 * ``torch``: one vectorised-over-batch loop of n steps; any device, the reference.
-* ``numba``: compiled, parallel over the batch; a plain loop for small jobs and, once n·N exceeds
-  ``_TREE_MIN_WORK``, an exact FPS pruned by a bounding-box tree (``_fps_numba``). CPU.
+* ``numba``: compiled, clouds spread over torch's threads; a plain loop for small jobs and, once
+  n·N exceeds ``_TREE_MIN_WORK``, an exact FPS pruned by a bounding-box tree (``_fps_numba``).
+  CPU.
 * ``auto``: ``numba`` on CPU, ``torch`` elsewhere.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ._backend import as_numpy, check_backend, numba_parallel, require_cpu
+from ._backend import as_numpy, check_backend, require_cpu
 from ._checks import check_count, check_points
+from ._parallel import ranges, run
 
 #: Squared norm at or below which the reference kernel skips a point (``mag <= 1e-3``).
 SKIP_NORM_SQ = 1e-3
@@ -77,14 +80,19 @@ def furthest_point_sample_numba(
     from ._fps_numba import fps_brute, fps_tree
 
     pts = as_numpy(xyz)
+    out = np.empty((pts.shape[0], n), np.int64)
     if tree is None:
         tree = n * xyz.shape[1] > _TREE_MIN_WORK
-    with numba_parallel():
-        if tree:
-            idx = fps_tree(pts, n, skip_origin, SKIP_NORM_SQ, _TREE_LEAF)
-        else:
-            idx = fps_brute(pts, n, skip_origin, SKIP_NORM_SQ)
-    return torch.from_numpy(idx)
+    if tree:
+        kernel, extra = fps_tree, (_TREE_LEAF,)
+    else:
+        kernel, extra = fps_brute, ()
+    # Ranges of clouds spread over torch's threads (one cloud: one thread).
+    run(
+        kernel,
+        [(pts, n, skip_origin, SKIP_NORM_SQ, *extra, a, b, out) for a, b in ranges(len(pts))],
+    )
+    return torch.from_numpy(out)
 
 
 def furthest_point_sample(

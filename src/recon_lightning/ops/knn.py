@@ -8,7 +8,8 @@ Backends (``backend=``):
 
 * ``torch``: dense distances in bounded query blocks and ``topk``; any device, the reference.
 * ``numba``: compiled, O(B·(N+M·k)) memory; CPU. Brute force for tiny sets, else an exact
-  search in an O(N)-built Morton kd-tree (``_knn_numba``), parallel over clouds or over queries.
+  search in an O(N)-built Morton kd-tree (``_knn_numba``), clouds or queries spread over torch's
+  threads.
 * ``kdtree``: pykdtree, one tree for the whole batch; CPU.
 * ``keops``: pykeops ``argKmin`` on a symbolic distance matrix; the GPU path.
 * ``auto``: CUDA -> ``keops`` (``torch`` if KeOps is unavailable, with one warning); CPU ->
@@ -18,10 +19,12 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ._backend import as_numpy, check_backend, numba_parallel, require_cpu, with_keops_fallback
+from ._backend import as_numpy, check_backend, require_cpu, with_keops_fallback
 from ._checks import check_count, check_points, check_same_batch
+from ._parallel import ranges, run, threads
 from .fps import gather_points
 
 #: Elements of one dense distance block in the torch path (bounds peak memory).
@@ -66,19 +69,25 @@ def knn_indices_numba(
     Args:
         tree: force the tree (True) or brute force (False); None picks by size.
     """
-    from ._knn_numba import knn_brute, knn_tree_over_clouds, knn_tree_over_queries
+    from ._knn_numba import knn_brute, knn_tree_clouds, tree_prepare, tree_query_range
 
     q, p = as_numpy(query), as_numpy(points)
     b, m, n = q.shape[0], q.shape[1], p.shape[1]
+    out = np.empty((b, m, k), np.int64)
     if tree is None:
         tree = n > _BRUTE_MAX_N and m >= _TREE_MIN_M
     if not tree:
-        with numba_parallel(chunksize=16):  # queries of a few µs each
-            return torch.from_numpy(knn_brute(q, p, k))
-    # One cloud per thread when there are enough clouds, else the queries of each in parallel.
-    kernel = knn_tree_over_clouds if b >= torch.get_num_threads() else knn_tree_over_queries
-    with numba_parallel():
-        return torch.from_numpy(kernel(q, p, k, _TREE_LEAF))
+        soa = np.ascontiguousarray(p.transpose(0, 2, 1))
+        run(knn_brute, [(q, soa, k, t0, t1, out) for t0, t1 in ranges(b * m)])
+    elif b >= threads():  # one tree per task, clouds spread over the threads
+        run(knn_tree_clouds, [(q, p, k, _TREE_LEAF, b0, b1, out) for b0, b1 in ranges(b)])
+    else:
+        # Fewer clouds than threads (a single large cloud, typically): build each tree once and
+        # spread its queries. This loop runs at most threads() - 1 times.
+        for bb in range(b):
+            prep = tree_prepare(q[bb], p[bb], _TREE_LEAF)
+            run(tree_query_range, [(k, *prep, t0, t1, out[bb]) for t0, t1 in ranges(m)])
+    return torch.from_numpy(out)
 
 
 def knn_indices(query: torch.Tensor, points: torch.Tensor, k: int, backend: str) -> torch.Tensor:
