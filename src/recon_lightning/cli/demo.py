@@ -31,7 +31,12 @@ def compose(overrides: list[str]):
 
 
 def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int) -> float:
-    """Linear-SVM accuracy of ``encoder`` features, train split -> test split."""
+    """Linear-probe accuracy of ``encoder`` features, train split -> test split.
+
+    The probe standardises each feature on the training split before a linear SVM: pretraining
+    leaves a few feature dimensions much larger than the rest, which an unscaled SVM with the
+    reference's small C cannot use well, while a random encoder's features are evenly scaled.
+    """
     from torch.utils.data import DataLoader
 
     from ..data.transforms import fps_sample
@@ -41,7 +46,8 @@ def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int) -> float:
         loader = DataLoader(datamodule.dataset(split), batch_size=64, shuffle=False)
         return extract_features(encoder, loader, lambda p: fps_sample(p, datamodule.npoints))
 
-    return linear_svm_accuracy(features("train"), features(datamodule.test_split), seed=seed)
+    train, test = features("train"), features(datamodule.test_split)
+    return linear_svm_accuracy(train, test, seed=seed, standardize=True)
 
 
 def plot_reconstructions(model, points: torch.Tensor, path: Path) -> None:
@@ -89,10 +95,9 @@ def plot_losses(metrics_csv: Path, path: Path) -> None:
     with metrics_csv.open() as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                if key.startswith("train/") and key.endswith(("_step", "loss_step")) and value:
-                    series.setdefault(key.removesuffix("_step"), []).append(
-                        (int(row["step"]), float(value))
-                    )
+                if key.startswith("train/") and not key.endswith("_epoch") and value:
+                    name = key.removesuffix("_step")
+                    series.setdefault(name, []).append((int(row["step"]), float(value)))
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, pts in sorted(series.items()):
         ax.plot([s for s, _ in pts], [v for _, v in pts], label=name)
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoder_cfg = {k: v for k, v in task.hparams["model"].items() if k in _ENCODER_KEYS}
     random_acc = probe_accuracy(build_encoder(**encoder_cfg), probe_dm, cfg.seed)
 
-    table = Table(title="Linear SVM probe on held-out SyntheticShapes")
+    table = Table(title="Linear probe on held-out SyntheticShapes (standardised features, SVM)")
     table.add_column("encoder")
     table.add_column("accuracy", justify="right")
     table.add_row("ReCon-tiny, pretrained (this run)", f"{100 * pretrained_acc:.1f}%")

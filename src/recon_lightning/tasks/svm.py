@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 
@@ -56,9 +58,15 @@ def linear_svm_accuracy(
     test: tuple[np.ndarray, np.ndarray],
     c: float = 0.075,
     seed: int = 0,
+    standardize: bool = False,
 ) -> float:
-    """Fit sklearn ``LinearSVC(C=c)`` on ``train`` features and return accuracy on ``test``."""
-    clf = LinearSVC(C=c, random_state=seed, max_iter=5000)
+    """Fit sklearn ``LinearSVC(C=c)`` on ``train`` features and return accuracy on ``test``.
+
+    ``standardize`` first scales every feature to zero mean and unit variance on the training
+    set (a common linear-probe protocol; the reference's SVM uses the raw features).
+    """
+    svm = LinearSVC(C=c, random_state=seed, max_iter=5000)
+    clf = make_pipeline(StandardScaler(), svm) if standardize else svm
     clf.fit(*train)
     x, y = test
     return float((clf.predict(x) == y).mean())
