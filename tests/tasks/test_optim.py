@@ -26,7 +26,7 @@ def test_scheduler_matches_reference_every_epoch(schedule, case):
     ref = schedule[case]
     bases = ref["group_base_lr"]
     params = [nn.Parameter(torch.zeros(1)) for _ in bases]
-    opt = torch.optim.AdamW([{"params": [p], "lr": lr} for p, lr in zip(params, bases)])
+    opt = torch.optim.AdamW([{"params": [p], "lr": lr} for p, lr in zip(params, bases, strict=True)])
     sched = ReferenceCosineLR(opt, epochs=300, warmup_epochs=10)
     for epoch, expected in enumerate(ref["lr_during_epoch"]):
         got = [g["lr"] for g in opt.param_groups]
@@ -39,7 +39,7 @@ def test_scheduler_matches_reference_every_epoch(schedule, case):
 def test_formula_matches_get_lr_t(schedule):
     ref = schedule["pretrain_lr5e-4"]
     for t, row in enumerate(ref["get_lr_t"]):
-        for base, expected in zip(ref["group_base_lr"], row):
+        for base, expected in zip(ref["group_base_lr"], row, strict=True):
             assert cosine_lr_at(t, base) == pytest.approx(expected, rel=1e-12)
     assert lr_during_epoch(0, 5e-4) == lr_during_epoch(1, 5e-4) == 1e-6
 

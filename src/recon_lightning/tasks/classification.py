@@ -182,7 +182,7 @@ class ClassificationTask(pl.LightningModule):
         if getattr(dm, "mode", "classification") != "classification":
             raise ValueError(
                 f"the classification task needs classification batches; the DataModule is in "
-                f"mode={dm.mode!r} (SyntheticShapes serves it with data=synthetic or data=synthetic_cls)"
+                f"mode={dm.mode!r} (SyntheticShapes: data=synthetic or data=synthetic_cls)"
             )
         if dm.num_classes > self.model.cls_dim:
             raise ValueError(
