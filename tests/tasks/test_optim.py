@@ -26,7 +26,9 @@ def test_scheduler_matches_reference_every_epoch(schedule, case):
     ref = schedule[case]
     bases = ref["group_base_lr"]
     params = [nn.Parameter(torch.zeros(1)) for _ in bases]
-    opt = torch.optim.AdamW([{"params": [p], "lr": lr} for p, lr in zip(params, bases, strict=True)])
+    opt = torch.optim.AdamW(
+        [{"params": [p], "lr": lr} for p, lr in zip(params, bases, strict=True)]
+    )
     sched = ReferenceCosineLR(opt, epochs=300, warmup_epochs=10)
     for epoch, expected in enumerate(ref["lr_during_epoch"]):
         got = [g["lr"] for g in opt.param_groups]
