@@ -7,7 +7,8 @@ to 100k points. Each row also checks that the result equals ours (FPS indices ex
 and losses to float tolerance). ``make bench`` installs the ``bench`` extra and runs this.
 
     python benchmarks/ops.py [--threads=2] [--only fps,knn,chamfer,group,interp]
-                             [--device cpu|cuda] [--budget 1.0] [--markdown PATH]
+                             [--device cpu|cuda] [--budget 4] [--clock wall|cpu]
+                             [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 # Thread pools read these at import: set them before numpy/torch/pykdtree load.
-_THREADS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")), "2")
+def _early_threads(argv: list[str]) -> str:
+    """``--threads`` as given (``--threads=N`` or ``--threads N``), needed before the imports."""
+    for i, a in enumerate(argv):
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "2"
+
+
+_THREADS = _early_threads(sys.argv)
 # Peak memory is read from the resident set: make glibc map every block of 64 KiB or more
 # separately and unmap it when freed, so a peak is not hidden by reuse of earlier freed memory.
 if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
@@ -321,6 +333,7 @@ def measure(
     leaves: list[torch.Tensor],
     device: str,
     budget: float,
+    clock: str = "wall",
 ) -> list[Row]:
     """Run every implementation of one workload; ratios against its fastest library.
 
@@ -352,13 +365,13 @@ def measure(
         if fb is not None:
             calls.append((row, "fb", fb))
         row.peak_mib = peak_memory_mib(fb or _forward(impl), device)
-    once = [time_call(fn, device, budget_s=0.0, max_reps=1).median_ms for _, _, fn in calls]
+    once = [time_call(fn, device, 0.0, 1, clock).median_ms for _, _, fn in calls]
     rounds = max(3, min(25, int(budget * 1e3 / max(sum(once), 1e-3))))
     samples: dict[int, list[float]] = {i: [] for i in range(len(calls))}
     for r in range(rounds):
         order = range(len(calls)) if r % 2 == 0 else reversed(range(len(calls)))
         for i in order:
-            samples[i].append(time_call(calls[i][2], device, budget_s=0.0, max_reps=1).min_ms)
+            samples[i].append(time_call(calls[i][2], device, 0.0, 1, clock).min_ms)
     for i, (row, kind, _) in enumerate(calls):
         med = float(np.median(samples[i]))
         if kind == "fwd":
@@ -451,15 +464,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--budget", type=float, default=4.0, help="seconds of timing rounds per workload"
     )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall: latency; cpu: process CPU time (with --threads=1, immune to other programs)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table as markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console(width=200)
     info = machine_description(args.threads)
+    info["clock"] = args.clock
     rows: list[Row] = []
     for job, workload, impls, leaves in workloads(set(args.only.split(",")), args.device):
         console.print(f"[dim]{job} {workload} ...[/dim]")
-        rows += measure(job, workload, impls, leaves, args.device, args.budget)
+        rows += measure(job, workload, impls, leaves, args.device, args.budget, args.clock)
     md = render(rows, info, console)
     if args.markdown:
         header = "\n".join(f"- {k}: {v}" for k, v in info.items())

@@ -44,6 +44,20 @@ def test_source_points_get_their_own_feature():
     torch.testing.assert_close(out, feat, rtol=0, atol=float(bound))
 
 
+def test_half_features_and_strided_input():
+    dst = blobs(2, 40, torch.float32, seed=6)
+    src = blobs(2, 12, torch.float32, seed=7)
+    feat = torch.randn(2, 12, 8)
+    want = naive_interpolate(dst, src, feat)
+    strided = torch.randn(2, 8, 12).transpose(1, 2)  # (B, S, C), not contiguous
+    torch.testing.assert_close(
+        ops.three_nn_interpolate(dst, src, strided), naive_interpolate(dst, src, strided)
+    )
+    half = ops.three_nn_interpolate(dst, src, feat.half())
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), want, rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_on_device(device):
     dst = blobs(1, 50, torch.float32, seed=4).to(device)
@@ -61,6 +75,7 @@ def test_on_device(device):
         (torch.rand(1, 5, 3), torch.rand(1, 6, 3), torch.rand(1, 5, 4), ValueError, "features_src"),
         (torch.rand(1, 5, 3), torch.rand(1, 6, 3), torch.rand(6, 4), ValueError, "features_src"),
         (torch.rand(1, 5, 3), torch.rand(2, 6, 3), torch.rand(2, 6, 4), ValueError, "batch sizes"),
+        (torch.rand(1, 5, 3), torch.rand(1, 6, 3), torch.ones(1, 6, 4).long(), TypeError, "float"),
     ],
 )
 def test_errors(dst, src, feat, err, match):

@@ -3,11 +3,12 @@
 Two kernels with the same result as :func:`furthest_point_sample_torch`, index for index:
 
 * ``brute``: the plain O(n·N) loop, for small clouds where a tree does not pay for itself.
-* ``tree``: a balanced KD-tree over the candidate points whose nodes keep their largest running
-  minimum distance. Each new sample only visits nodes whose bounding box is closer to it than their
-  largest running minimum (elsewhere no running minimum can shrink), so late steps touch a few
-  leaves. The pruning test keeps a relative margin far above float rounding, so a skipped point is
-  one whose minimum would not have changed: the result is the exact FPS, not an approximation.
+* ``tree``: a kd-tree over the candidate points (Morton order, built in O(N) by ``_tree_numba``)
+  whose nodes keep their largest running minimum distance. Each new sample only visits nodes whose
+  bounding box is closer to it than their largest running minimum (elsewhere no running minimum can
+  shrink), so late steps touch a few leaves. The pruning test keeps a relative margin far above
+  float rounding, so a skipped point is one whose minimum would not have changed: the result is the
+  exact FPS, not an approximation (as the bucket libraries' pruning is too).
 
 Both run on the candidate set {i : |p_i|² > 1e-3} (all points when the skip rule is off) seeded with
 point 0, which equals the reference kernel's skip rule. The drivers take a range of clouds, which
