@@ -39,6 +39,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -c constraints.txt -q -e '.[bench]'
 	$(PY) benchmarks/ops.py
+	$(PY) benchmarks/pretrain_step.py
 
 clean:
 	rm -rf $(VENV) .cache build dist .pytest_cache .ruff_cache src/*.egg-info
