@@ -8,9 +8,9 @@ zero padding); if no point qualifies, index 0 is returned. Exact ties go to the 
 Backends (``backend=``), index-identical to each other:
 
 * ``torch``: one vectorised-over-batch loop of n steps; any device, the reference.
-* ``numba``: compiled, clouds spread over torch's threads; a plain loop for small jobs and, once
-  n·N exceeds ``_TREE_MIN_WORK``, an exact FPS pruned by a bounding-box tree (``_fps_numba``).
-  CPU.
+* ``numba``: compiled, clouds spread over torch's threads; a vectorised plain loop for small
+  jobs and, once n·N exceeds ``_TREE_MIN_WORK``, an exact FPS that skips the kd-tree leaves a new
+  sample cannot change (``_fps_numba``). CPU.
 * ``auto``: ``numba`` on CPU, ``torch`` elsewhere.
 """
 
@@ -25,12 +25,13 @@ from ._parallel import ranges, run
 
 #: Squared norm at or below which the reference kernel skips a point (``mag <= 1e-3``).
 SKIP_NORM_SQ = 1e-3
-#: The numba path takes the pruned tree once n·N exceeds this (the plain loop costs n·N distance
-#: updates, the tree a few passes over N plus the touched leaves): measured crossover between
-#: 32x1024 -> 64 (loop 1.6x faster) and 8x2048 -> 256 (tree 1.5x faster), single thread.
-_TREE_MIN_WORK = 1 << 17
-#: Points per leaf of the pruned tree (24-96 measured; 64 best from 2k to 100k points).
-_TREE_LEAF = 64
+#: The numba path takes the pruned leaves once n·N exceeds this: the vectorised plain loop costs
+#: n·N updates at ~0.15 ns, the leaves a build plus the leaves each step touches. Measured
+#: (single thread, float32): loop 5x faster at 32x1024 -> 64, equal at 4x8192 -> 512 (n·N = 4M),
+#: leaves 1.3x faster at 8x8192 -> 1024 and 5x at 1x100k -> 4096.
+_TREE_MIN_WORK = 1 << 22
+#: Points per leaf: 64 below 32k points per cloud, 128 from there (1.2x faster at 100k).
+_TREE_LEAF_SMALL, _TREE_LEAF_LARGE, _TREE_LEAF_SWITCH = 64, 128, 32768
 FPS_BACKENDS = ("auto", "torch", "numba")
 
 
@@ -84,7 +85,8 @@ def furthest_point_sample_numba(
     if tree is None:
         tree = n * xyz.shape[1] > _TREE_MIN_WORK
     if tree:
-        kernel, extra = fps_tree, (_TREE_LEAF,)
+        leaf = _TREE_LEAF_SMALL if xyz.shape[1] < _TREE_LEAF_SWITCH else _TREE_LEAF_LARGE
+        kernel, extra = fps_tree, (leaf,)
     else:
         kernel, extra = fps_brute, ()
     # Ranges of clouds spread over torch's threads (one cloud: one thread).
