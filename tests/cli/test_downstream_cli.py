@@ -135,7 +135,7 @@ def test_zeroshot_recipe_with_a_clip_teacher_checkpoint(tmp_path):
 def test_recon_train_points_eval_only_recipes_to_recon_eval(tmp_path):
     overrides = ["experiment=svm_modelnet40", f"paths.output_dir={tmp_path}"]
     cfg = compose_cfg("train", [*overrides, *ENCODER, *DATA, *CPU, "callbacks=none"])
-    with pytest.raises(RuntimeError, match="recon-eval"):
+    with pytest.raises(ValueError, match="recon-eval"):
         run(cfg)
 
 
