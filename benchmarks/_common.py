@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import platform
 import statistics
 import subprocess
@@ -14,6 +16,7 @@ import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def _sync(device: str) -> None:
@@ -71,8 +74,10 @@ def peak_memory_mib(fn: Callable[[], object], device: str = "cpu") -> float | No
 
     CUDA: ``max_memory_allocated`` above the allocation before the call. CPU: the process's
     resident-set high-water mark (reset through /proc/self/clear_refs) above the resident set
-    before the call, so it counts every allocator (torch, numpy, numba, C++ libraries). ``None``
-    where Linux's /proc interface is missing.
+    before the call, so it counts every allocator (torch, numpy, numba, C++ libraries); glibc is
+    first asked to hand its freed memory back (``malloc_trim``), so that the call's allocations
+    show as new pages instead of reusing earlier ones unseen. ``None`` where Linux's /proc
+    interface is missing.
     """
     if device == "cuda":
         torch.cuda.synchronize()
@@ -83,6 +88,8 @@ def peak_memory_mib(fn: Callable[[], object], device: str = "cpu") -> float | No
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     if not _CLEAR_REFS.exists():
         return None
+    if hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
     _CLEAR_REFS.write_text("5")  # reset VmHWM to the current resident set
     base = _status_kib("VmRSS")
     fn()

@@ -33,11 +33,6 @@ def _early_threads(argv: list[str]) -> str:
 
 
 _THREADS = _early_threads(sys.argv)
-# Peak memory is read from the resident set: make glibc map every block of 64 KiB or more
-# separately and unmap it when freed, so a peak is not hidden by reuse of earlier freed memory.
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
 os.environ.setdefault("NUMBA_NUM_THREADS", _THREADS)
 _ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,11 @@
 """Point-cloud ops: FPS, kNN, grouping, Chamfer and 3-NN interpolation.
 
-Each op has a pure-torch reference path and fast paths picked by ``backend="auto"``.
+Each op has a pure-torch reference path and fast paths (numba on CPU, a KD-tree from pykdtree,
+KeOps for the GPU) picked by ``backend="auto"``; see docs/benchmarks-ops.md for what ``auto``
+chooses and the measurements behind it.
 """
 
+from ._keops import KeOpsUnavailableError
 from .chamfer import chamfer_l1, chamfer_l2, nearest_sq_dists
 from .fps import furthest_point_sample, gather_points
 from .group import group
@@ -12,6 +15,7 @@ from .knn import knn
 fps = furthest_point_sample
 
 __all__ = [
+    "KeOpsUnavailableError",
     "chamfer_l1",
     "chamfer_l2",
     "fps",
