@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .classification_head import ClassificationHead
-from .encoder import EncoderOutput, ReConEncoder
+from .encoder import EncoderOutput, downstream_encoder
 from .pooling import classification_features
 
 
@@ -38,7 +38,7 @@ class ReConClassifier(nn.Module):
         group_backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.encoder = ReConEncoder(
+        self.encoder = downstream_encoder(
             trans_dim=trans_dim,
             depth=depth,
             num_heads=num_heads,
@@ -46,10 +46,8 @@ class ReConClassifier(nn.Module):
             group_size=group_size,
             drop_path_rate=drop_path_rate,
             mlp_ratio=mlp_ratio,
-            stop_grad=False,
             group_backend=group_backend,
         )
-        nn.init.zeros_(self.encoder.cls_token)
         self.head = ClassificationHead(4 * trans_dim, cls_dim, head_type)
         self.cls_dim = cls_dim
         self.head_type = head_type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from timm.layers import trunc_normal_
@@ -227,3 +228,14 @@ def select_visible(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             f"every row of mask must hide the same number of patches; visible counts {visible}"
         )
     return x[~mask].reshape(x.shape[0], -1, *x.shape[2:])
+
+
+def downstream_encoder(**kwargs: Any) -> ReConEncoder:
+    """The encoder of every downstream model (reference ``PointTransformer*``).
+
+    No stop-gradient (the queries train the local stream too) and ``cls_token`` at zeros, as the
+    reference's classifier and zero-shot constructors leave it.
+    """
+    encoder = ReConEncoder(stop_grad=False, **kwargs)
+    nn.init.zeros_(encoder.cls_token)
+    return encoder

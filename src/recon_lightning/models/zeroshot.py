@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .encoder import EncoderOutput, ReConEncoder
+from .encoder import EncoderOutput, downstream_encoder
 from .projection import teacher_projection
 
 FEATURE_TYPES = ("full", "text", "image")
@@ -49,7 +49,7 @@ class ReConZeroShot(nn.Module):
                 "they must share one space: use a model pretrained with the CLIP image teacher "
                 "(img_dim=512), or feature_type 'text' / 'image'"
             )
-        self.encoder = ReConEncoder(
+        self.encoder = downstream_encoder(
             trans_dim=trans_dim,
             depth=depth,
             num_heads=num_heads,
@@ -57,10 +57,8 @@ class ReConZeroShot(nn.Module):
             group_size=group_size,
             drop_path_rate=drop_path_rate,
             mlp_ratio=mlp_ratio,
-            stop_grad=False,
             group_backend=group_backend,
         )
-        nn.init.zeros_(self.encoder.cls_token)
         uses_text = feature_type in ("full", "text")
         uses_img = feature_type in ("full", "image")
         self.text_proj = teacher_projection(trans_dim, text_dim) if uses_text else None
