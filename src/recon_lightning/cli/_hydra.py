@@ -20,6 +20,14 @@ def config_dir() -> str:
     return str(path)
 
 
+def compose_train(overrides: list[str]) -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` outside ``@hydra.main`` (demo, recon-data)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
 def instantiate(cfg, **kwargs):
     """``hydra.utils.instantiate`` that raises our own error, not Hydra's wrapper around it.
 

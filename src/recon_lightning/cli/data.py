@@ -14,15 +14,6 @@ import argparse
 from pathlib import Path
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from ._hydra import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 def cache_teachers(args: argparse.Namespace) -> Path:
     """Build the teacher feature cache for the configured pretraining dataset."""
     import torch
@@ -30,8 +21,9 @@ def cache_teachers(args: argparse.Namespace) -> Path:
     from omegaconf import open_dict
 
     from ..teachers.cache import build_cache
+    from ._hydra import compose_train
 
-    cfg = _compose(args.overrides)
+    cfg = compose_train(args.overrides)
     teachers_cfg = cfg.teachers.copy()
     with open_dict(teachers_cfg):
         if teachers_cfg.get("mode") == "cached":

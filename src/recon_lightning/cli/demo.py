@@ -18,16 +18,7 @@ from typing import Any
 
 import torch
 
-from ._hydra import config_dir
-
-
-def compose(overrides: list[str]):
-    """Compose ``conf/train.yaml`` with the demo experiment and ``overrides``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=["experiment=demo", *overrides])
+from ._hydra import compose_train
 
 
 def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int) -> float:
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from .train import build
 
     console = Console()
-    cfg = compose([f"paths.output_dir={out}", *args.overrides])
+    cfg = compose_train(["experiment=demo", f"paths.output_dir={out}", *args.overrides])
     start = time.time()
     trainer, datamodule, task = build(cfg)
     epochs = cfg.trainer.max_epochs
