@@ -11,9 +11,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-#: ../shared beside the checkout (CI lays it there); never copied into the repo.
-SHARED = Path(os.environ.get("RECON_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-OFFICIAL = SHARED / "fixtures" / "official"
+#: Test vectors made by running the reference code (provenance in its README.md).
+OFFICIAL = Path(__file__).resolve().parent / "fixtures" / "official"
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -22,7 +21,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def official_dir() -> Path:
     """The official fixtures folder; the tests that need it fail loudly if it is missing."""
     if not OFFICIAL.is_dir():
-        pytest.fail(f"official fixtures not found at {OFFICIAL}; set RECON_SHARED_DIR")
+        pytest.fail(f"official fixtures not found at {OFFICIAL}; is the checkout complete?")
     return OFFICIAL
 
 

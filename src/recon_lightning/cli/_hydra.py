@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import os
+import importlib.util
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 
 def config_dir() -> str:
-    """The ``conf/`` folder: ``$RECON_CONF_DIR`` or the repository's own (editable installs)."""
-    env = os.environ.get("RECON_CONF_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[3] / "conf"
-    if not (path / "train.yaml").is_file():
-        raise FileNotFoundError(
-            f"Hydra configs not found in {path}; install recon-lightning from a clone with "
-            "`pip install -e .` or point RECON_CONF_DIR at the repository's conf/ folder"
-        )
-    return str(path)
+    """The packaged config tree ``recon_lightning.conf``: the repository's ``conf/`` folder.
+
+    Users add their own folders on top with Hydra's ``--config-dir DIR`` or
+    ``hydra.searchpath=[file://DIR]``; this one is always the primary tree.
+    """
+    spec = importlib.util.find_spec("recon_lightning.conf")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        if (Path(location) / "train.yaml").is_file():
+            return str(Path(location))
+    raise FileNotFoundError(
+        f"recon-lightning's Hydra configs (train.yaml) are missing from "
+        f"{locations or 'the install'}; "
+        "reinstall the package (`pip install .` or `make install` from a clone)"
+    )
 
 
 def compose_train(overrides: list[str]) -> DictConfig:

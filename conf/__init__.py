@@ -1,0 +1,1 @@
+"""Hydra's config tree, installed as ``recon_lightning.conf`` so every entry point finds it."""
