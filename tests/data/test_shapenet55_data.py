@@ -60,15 +60,23 @@ def test_item_format_and_normalisation(write_shapenet) -> None:
     assert not torch.equal(ds[1]["points"], ds[1]["points"])
 
 
-def test_missing_json_warns_and_uses_builtin_names(write_shapenet) -> None:
+def test_missing_json_is_an_error_naming_the_file_and_the_fallback(write_shapenet) -> None:
     root = write_shapenet(with_json=False)
-    with pytest.warns(UserWarning, match="shapenet55.json"):
-        ds = ShapeNet55(root, "train", npoints=32)
+    with pytest.raises(DatasetNotFoundError) as err:
+        ShapeNet55(root, "train", npoints=32)
+    assert str(root / "shapenet55.json") in str(err.value)
+    assert "data.texts_fallback=synset_names" in str(err.value)
+    with pytest.raises(ValueError, match="texts_fallback"):
+        category_table(root, texts_fallback="names")
+
+
+def test_missing_json_with_explicit_fallback_uses_builtin_names(write_shapenet) -> None:
+    root = write_shapenet(with_json=False)
+    ds = ShapeNet55(root, "train", npoints=32, texts_fallback="synset_names")
     labels = list(SHAPENET55_SYNSETS)
     assert ds.labels == [labels.index(f.split("-")[0]) for f in ds.files]
     assert ds[0]["text"] == SHAPENET55_SYNSETS[ds.files[0].split("-")[0]]
-    with pytest.warns(UserWarning):
-        assert len(category_table(root)) == 55
+    assert len(category_table(root, texts_fallback="synset_names")) == 55
 
 
 def test_missing_images_fail_with_count_or_are_skipped(write_shapenet) -> None:

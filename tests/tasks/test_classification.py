@@ -76,7 +76,9 @@ def test_param_groups_match_reference(official_dir):
     for protocol in ("full", "mlp3", "linear"):
         ref = groups_ref[f"finetune_{protocol}"]["groups"]
         model = {"encoder": {**FIXTURE, "drop_path_rate": 0.2}, "cls_dim": 15}
-        task = ClassificationTask(model=model, protocol=protocol, optimizer={"lr": 2e-5})
+        task = ClassificationTask(
+            model=model, protocol=protocol, optimizer={"lr": 2e-5}, scheduler={"epochs": 300}
+        )
         opt = task.configure_optimizers()["optimizer"]
         head_type = task.model.head_type
         ours = [

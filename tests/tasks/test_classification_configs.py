@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from recon_lightning.tasks.classification import ClassificationTask
+from recon_lightning.tasks.optim import fit_schedule
 from recon_lightning.tasks.svm_eval import SVMTask
 from recon_lightning.tasks.zeroshot import ZeroShotTask
 
@@ -59,7 +60,9 @@ def test_finetune_recipes_match_reference(name, protocol, tmp_path):
     check_base_recipe(cfg, npoints, num_group, 0.2)
     assert cfg.task.protocol == protocol and cfg.task.model.cls_dim == cls_dim
     assert cfg.task.optimizer.lr == (lr if protocol == "full" else PROBE_LR[name])
-    assert (cfg.task.scheduler.epochs, cfg.trainer.max_epochs) == (300, 301)
+    assert cfg.task.scheduler.epochs is None and cfg.trainer.max_epochs == 301
+    fitted = fit_schedule(OmegaConf.to_container(cfg.task.scheduler), cfg.trainer.max_epochs)
+    assert (fitted["epochs"], fitted["warmup_epochs"]) == (300, 10)  # the reference's, exactly
     assert cfg.test is True and cfg.task.vote.times == 10 and cfg.task.vote.reference_repeats == 0
 
 
@@ -78,7 +81,9 @@ def test_fewshot_recipe_takes_way_shot_fold_and_sweeps_40_runs(protocol, tmp_pat
     }
     assert cfg.task.model.cls_dim == 40 and cfg.task.protocol == protocol
     assert cfg.task.optimizer.lr == (5e-4 if protocol == "full" else 1e-3)
-    assert (cfg.task.scheduler.epochs, cfg.trainer.max_epochs) == (150, 151)
+    assert cfg.task.scheduler.epochs is None and cfg.trainer.max_epochs == 151
+    fitted = fit_schedule(OmegaConf.to_container(cfg.task.scheduler), cfg.trainer.max_epochs)
+    assert (fitted["epochs"], fitted["warmup_epochs"]) == (150, 10)  # the reference's, exactly
     sweep = cfg.hydra.sweeper.params
     assert (sweep.way, sweep.shot, sweep.fold) == ("5,10", "10,20", "range(0,10)")
     assert cfg.hydra.sweep.subdir == "10way_20shot/fold3"

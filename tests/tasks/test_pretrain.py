@@ -55,7 +55,9 @@ def test_param_groups_equal_reference(official_dir):
     model_cfg = {**cfg["transformer_config"], "num_group": 16, "group_size": 8, "loss": "cdl2"}
     model_cfg.pop("encoder_dims")
     # The reference's teachers: in21k ViT-B/16 (768) and CLIP ViT-B/32 text (512).
-    task = PretrainTask({"encoder": model_cfg}, teachers=_FixedTeachers(768, 512))
+    task = PretrainTask(
+        {"encoder": model_cfg}, teachers=_FixedTeachers(768, 512), scheduler={"epochs": 300}
+    )
     opt = task.configure_optimizers()["optimizer"]
     names = {id(p): n for n, p in task.model.named_parameters()}
     ours = [
@@ -123,3 +125,35 @@ def test_fit_one_batch_and_checkpoint_roundtrip(tmp_path):
         task.model.state_dict().items(), restored.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), n
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_ckpt_path_starts_pretraining_from_our_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    teachers = _FixedTeachers()
+    source = PretrainTask(TINY, teachers=teachers)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(source)
+    path = tmp_path / "pretrained.ckpt"
+    trainer.save_checkpoint(path)
+    torch.manual_seed(1)  # a different initialisation, which the checkpoint must replace
+    started = PretrainTask(TINY, teachers=teachers, ckpt_path=str(path))
+    _assert_same_weights(source.model, started.model)
+    assert not started.init_report.missing
+
+
+def test_ckpt_path_starts_pretraining_from_an_official_checkpoint(official_dir):
+    from recon_lightning.checkpoints import load_official
+
+    ckpt = official_dir / "a_pretrain" / "ckpt-epoch-300.pth"
+    cfg = json.loads((official_dir / "configs.json").read_text())["pretrain"]["model"]
+    size = {**cfg["transformer_config"], "num_group": 16, "group_size": 8}
+    size.pop("encoder_dims")
+    reference = load_official(ckpt, num_group=16, group_size=8, num_heads=size["num_heads"])
+    task = PretrainTask({"encoder": size}, teachers=_FixedTeachers(768, 512), ckpt_path=str(ckpt))
+    _assert_same_weights(reference, task.model)
+    assert not task.init_report.missing

@@ -22,6 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ._hydra import config_dir
+from .console import report_user_errors, setup_console
 from .train import build
 
 log = logging.getLogger("recon_lightning")
@@ -54,8 +55,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    setup_console()
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
     metrics = run_eval(cfg)
     log.info("metrics: %s", json.dumps(metrics, indent=1, default=str))
 

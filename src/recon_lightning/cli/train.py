@@ -21,6 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ._hydra import config_dir, instantiate, instantiate_group
+from .console import report_user_errors, setup_console
 
 log = logging.getLogger("recon_lightning")
 
@@ -39,10 +40,12 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """Instantiate ``(trainer, datamodule, task)`` from a composed config."""
     import lightning.pytorch as pl
 
-    pl.seed_everything(cfg.seed, workers=True)
+    from ..callbacks import RunSummary
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = instantiate(
         cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
+        callbacks=[*instantiate_group(cfg.get("callbacks")), RunSummary()],
         logger=instantiate_group(cfg.get("logger")) or False,
     )
     data_cfg = cfg.data
@@ -55,6 +58,30 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
     return trainer, datamodule, task
 
 
+def prepare_fit(trainer: Any, datamodule: Any) -> int | None:
+    """Check the training split before Lightning starts; returns batches per epoch.
+
+    Reads the training split now (so a missing or corrupt dataset fails before any model is
+    moved to a device), refuses a split that a drop-last loader turns into zero steps, and
+    shortens a logging interval longer than the epoch (Lightning would warn and log nothing).
+    """
+    if not hasattr(datamodule, "dataset"):
+        return None
+    from ..data.base import require_full_batch
+
+    samples = len(datamodule.dataset("train"))
+    require_full_batch("train", samples, datamodule.batch_size, trainer.world_size)
+    batches = samples // trainer.world_size // datamodule.batch_size
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = max(1, int(batches * limit))
+    if 0 < batches < trainer.log_every_n_steps:
+        trainer.log_every_n_steps = batches
+    return batches
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) the configured task; returns the final metrics."""
     start = time.time()
@@ -64,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(task, EvalOnlyMixin):  # say so before Lightning starts a loop
         raise ValueError(EVAL_ONLY_MESSAGE.format(name=task.task_name))
     if cfg.get("train", True):
+        prepare_fit(trainer, datamodule)
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("resume"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", False):
@@ -81,8 +109,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    setup_console()
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
     metrics = run(cfg)
     log.info("final metrics: %s", json.dumps(metrics, indent=1))
 

@@ -23,6 +23,7 @@ As in the reference, validation and test both read the test split (there is no v
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
@@ -41,6 +42,52 @@ from .transforms import (
 Mode = Literal["pretrain", "classification"]
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask under SLURM/taskset, else the count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """DataLoader workers: an int as given, or ``"auto"``: one per available CPU, at most 8."""
+    if num_workers == "auto":
+        return min(8, available_cpus())
+    try:
+        value = int(num_workers)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"data.num_workers={num_workers!r}: give a number of workers or 'auto'"
+        ) from None
+    if value < 0:
+        raise ValueError(f"data.num_workers={value}: must be >= 0 (or 'auto')")
+    return value
+
+
+def require_full_batch(split: str, num_samples: int, batch_size: int, world_size: int = 1) -> None:
+    """Refuse a training split that a drop-last loader would turn into zero steps.
+
+    Args:
+        split: split name, for the message.
+        num_samples: samples in the split.
+        batch_size: per-device batch size.
+        world_size: number of devices (each gets ``num_samples / world_size`` samples).
+
+    Raises:
+        ValueError: fewer samples per device than one batch; names the way out.
+    """
+    per_device = num_samples // max(world_size, 1)
+    if per_device < batch_size:
+        raise ValueError(
+            f"the {split!r} split has {num_samples} samples, fewer than one per-device batch of "
+            f"{batch_size} on each of {world_size} device(s) ({per_device} per device): the "
+            "training loader drops the last partial batch, so no step would run. Use a smaller "
+            f"global batch, e.g. data.total_bs={max(1, per_device) * max(world_size, 1)}, or "
+            "more data"
+        )
+
+
 class PointCloudDataModule(L.LightningDataModule, ABC):
     """Loaders and device-side sampling/augmentation for one dataset; see the module docstring.
 
@@ -50,7 +97,7 @@ class PointCloudDataModule(L.LightningDataModule, ABC):
         batch_size: per-device training batch size (the configs give the reference's global
             ``total_bs``, which ``recon-train`` divides by the device count).
         eval_batch_size: validation/test batch size; defaults to ``batch_size``.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers, or ``"auto"`` (one per available CPU, at most 8).
         pin_memory: pin host memory; default: when CUDA is available.
         persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
         train_transform: device-side train augmentation, a name from
@@ -74,7 +121,7 @@ class PointCloudDataModule(L.LightningDataModule, ABC):
         npoints: int,
         batch_size: int,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         train_transform: str = "rotate_y",
@@ -90,7 +137,7 @@ class PointCloudDataModule(L.LightningDataModule, ABC):
         self.npoints = int(npoints)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
+        self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         # Resolve the names now so a typo fails at construction, not mid-epoch.
@@ -139,7 +186,9 @@ class PointCloudDataModule(L.LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         """Build the splits the stage needs, so file errors surface before the first batch."""
         if stage in (None, "fit"):
-            self.dataset("train")
+            train = self.dataset("train")
+            world = self.trainer.world_size if self.trainer is not None else 1
+            require_full_batch("train", len(train), self.batch_size, world)
         if stage in (None, "fit", "validate"):
             self.dataset(self.val_split)
         if stage in (None, "test", "predict"):

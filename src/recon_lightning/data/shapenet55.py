@@ -19,6 +19,7 @@ followed by the split's list.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -40,6 +41,8 @@ from .errors import (
 from .image_transforms import EvalImageTransform, ImageTransform, PretrainImageTransform
 from .shapenet_synsets import SHAPENET55_SYNSETS
 from .transforms import normalize_unit_sphere_np
+
+log = logging.getLogger(__name__)
 
 
 def how_to_get(root: Path) -> str:
@@ -107,22 +110,38 @@ def load_category_table(path: Path) -> list[tuple[str, str]]:
     return table
 
 
-def category_table(root: Path, text_file: str = "shapenet55.json") -> list[tuple[str, str]]:
-    """The category table from ``root/text_file``, or the shipped 55-synset table if it is missing.
+TEXTS_FALLBACKS = (None, "synset_names")
 
-    A missing file is a warning, not an error: pretraining still works, with the category names
-    of :data:`~recon_lightning.data.shapenet_synsets.SHAPENET55_SYNSETS` as texts (which are not
-    the reference's texts) and labels in ascending synset order.
+
+def category_table(
+    root: Path, text_file: str = "shapenet55.json", texts_fallback: str | None = None
+) -> list[tuple[str, str]]:
+    """The category table from ``root/text_file``.
+
+    Args:
+        root: the ``ShapeNet55-34`` folder.
+        text_file: the table's file name under ``root``.
+        texts_fallback: what to do when the file is missing: ``None`` (default) raises;
+            ``"synset_names"`` uses the built-in ShapeNet-55 category names of
+            :data:`~recon_lightning.data.shapenet_synsets.SHAPENET55_SYNSETS` as texts (not the
+            reference's texts) and ascending synset order as labels.
+
+    Raises:
+        DatasetNotFoundError: the file is missing and no fallback was asked for.
     """
+    if texts_fallback not in TEXTS_FALLBACKS:
+        raise ValueError(f"data.texts_fallback={texts_fallback!r}: expected null or 'synset_names'")
     path = root / text_file
     if path.is_file():
         return load_category_table(path)
-    warnings.warn(
-        f"{path} not found; using the built-in ShapeNet-55 category names as texts and ascending "
-        f"synset order as labels. For the reference's texts, get shapenet55.json from the ReCon "
-        "Google Drive (see DATASET.md).",
-        stacklevel=2,
-    )
+    if texts_fallback is None:
+        raise DatasetNotFoundError(
+            f"missing dataset file {path}: the category table with the texts the text teacher "
+            "reads. Get shapenet55.json from the ReCon release (DATASET.md of qizekun/ReCon) and "
+            f"put it in {root}, or pretrain with the built-in synset names as texts (not the "
+            "reference's) with data.texts_fallback=synset_names"
+        )
+    log.info("%s not found: texts are the built-in ShapeNet-55 synset names, as asked", path)
     return list(SHAPENET55_SYNSETS.items())
 
 
@@ -140,6 +159,8 @@ class ShapeNet55(Dataset):
         skip_missing_images: drop listed models without a PNG (with a warning) instead of
             failing.
         text_file: the category table's file name under ``root``.
+        texts_fallback: ``"synset_names"`` to use the built-in names when ``text_file`` is
+            missing (see :func:`category_table`); by default a missing table is an error.
     """
 
     def __init__(
@@ -152,6 +173,7 @@ class ShapeNet55(Dataset):
         image_transform: ImageTransform | None = None,
         skip_missing_images: bool = False,
         text_file: str = "shapenet55.json",
+        texts_fallback: str | None = None,
     ) -> None:
         self.root = Path(root)
         how = how_to_get(self.root)
@@ -165,7 +187,7 @@ class ShapeNet55(Dataset):
             lines = read_lines(self.root / "ShapeNet-55" / "test.txt", how) + lines
         lines = lines[: int(ratio * len(lines))]
 
-        self.categories = category_table(self.root, text_file)
+        self.categories = category_table(self.root, text_file, texts_fallback)
         self._label_of = {synset: i for i, (synset, _) in enumerate(self.categories)}
         self.files: list[str] = []
         self.labels: list[int] = []
@@ -280,6 +302,8 @@ class ShapeNet55DataModule(PointCloudDataModule):
         ratio: fraction of list lines kept (1.0).
         skip_missing_images: drop listed models without a PNG instead of failing.
         text_file: category table name under ``root``.
+        texts_fallback: ``"synset_names"``: built-in names as texts when ``text_file`` is
+            missing (otherwise a missing table is an error).
         batch_size: 128 in the reference.
         eval_batch_size, num_workers, pin_memory, persistent_workers, train_transform: see
             :class:`~recon_lightning.data.base.PointCloudDataModule`.
@@ -295,9 +319,10 @@ class ShapeNet55DataModule(PointCloudDataModule):
         ratio: float = 1.0,
         skip_missing_images: bool = False,
         text_file: str = "shapenet55.json",
+        texts_fallback: str | None = None,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        num_workers: int = 8,
+        num_workers: int | str = "auto",
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         train_transform: str = "rotate_y",
@@ -316,6 +341,7 @@ class ShapeNet55DataModule(PointCloudDataModule):
         self.whole, self.ratio = whole, ratio
         self.skip_missing_images = skip_missing_images
         self.text_file = text_file
+        self.texts_fallback = texts_fallback
         self._categories: list[tuple[str, str]] | None = None
 
     def build_dataset(self, split: str) -> ShapeNet55:
@@ -328,13 +354,14 @@ class ShapeNet55DataModule(PointCloudDataModule):
             ratio=self.ratio,
             skip_missing_images=self.skip_missing_images,
             text_file=self.text_file,
+            texts_fallback=self.texts_fallback,
         )
 
     @property
     def categories(self) -> list[tuple[str, str]]:
         """``[(synset id, description), ...]`` in label order."""
         if self._categories is None:
-            self._categories = category_table(self.root, self.text_file)
+            self._categories = category_table(self.root, self.text_file, self.texts_fallback)
         return self._categories
 
     @property

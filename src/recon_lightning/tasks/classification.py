@@ -37,7 +37,7 @@ from ..checkpoints.keymap import to_official
 from ..data.transforms import get_batch_transform
 from ..models import HEAD_TYPES, ReConClassifier, build_classifier
 from .config import datamodule_of, encoder_kwargs, plain
-from .optim import ReferenceCosineLR, build_param_groups, reference_no_decay
+from .optim import configure_reference_optimizer, reference_no_decay
 from .results import build_results, write_json_atomic
 from .voting import RepeatedVoteAccuracy, vote_logits, vote_pool
 from .weights import check_report_complete, initialise
@@ -290,18 +290,14 @@ class ClassificationTask(pl.LightningModule):
         def no_decay(name: str, p: torch.Tensor) -> bool:
             return reference_no_decay(to_official(name, "classification", head_type) or name, p)
 
-        groups = build_param_groups(
+        return configure_reference_optimizer(
+            self,
             self.model.named_parameters(),
-            lr=self.optimizer_cfg["lr"],
-            weight_decay=self.optimizer_cfg["weight_decay"],
-            is_head=lambda name: name in head,
-            head_lr_mult=self.optimizer_cfg["head_lr_mult"],
+            self.optimizer_cfg,
+            self.scheduler_cfg,
             is_no_decay=no_decay,
+            is_head=lambda name: name in head,
         )
-        groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, lr=self.optimizer_cfg["lr"])
-        sched = ReferenceCosineLR(opt, **self.scheduler_cfg)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ state and results
 

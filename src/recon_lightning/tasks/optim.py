@@ -7,12 +7,16 @@ Both are restated here without timm so the schedule is exact and resumable.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+
+log = logging.getLogger(__name__)
 
 
 def reference_no_decay(name: str, param: torch.Tensor) -> bool:
@@ -129,3 +133,72 @@ class ReferenceCosineLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [lr_during_epoch(self.last_epoch, base, **self.schedule) for base in self.base_lrs]
+
+
+def fit_schedule(schedule: Mapping[str, Any], max_epochs: int | None) -> dict[str, Any]:
+    """The scheduler settings for a run of ``max_epochs`` epochs.
+
+    ``epochs: null`` follows the run with the reference's inclusive convention (it schedules
+    ``t_initial`` epochs and trains epochs ``0..t_initial``): ``epochs = max_epochs - 1``, so
+    the lr after the last epoch's step is ``lr_min``. A warm-up as long as the schedule or longer
+    would leave no decay at all: it is shortened to ``max(1, epochs // 10)`` epochs (0 for a
+    one-epoch schedule), with one warning. The faithful recipes (301 epochs, 10 warm-up) are
+    unchanged.
+
+    Raises:
+        ValueError: ``epochs`` is null and the trainer has no epoch limit.
+    """
+    out = dict(schedule)
+    if out.get("epochs") is None:
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(
+                f"task.scheduler.epochs=null follows trainer.max_epochs, but trainer.max_epochs="
+                f"{max_epochs}: set trainer.max_epochs or task.scheduler.epochs"
+            )
+        out["epochs"] = max(1, int(max_epochs) - 1)
+    epochs, warmup = int(out["epochs"]), int(out.get("warmup_epochs", 10))
+    if warmup and warmup >= epochs:
+        fitted = min(max(1, epochs // 10), epochs - 1)
+        log.warning(
+            "task.scheduler.warmup_epochs=%d is as long as the %d-epoch schedule or longer; "
+            "shortened to %d so the cosine decay fits the run",
+            warmup,
+            epochs,
+            fitted,
+        )
+        out["warmup_epochs"] = fitted
+    return out
+
+
+def configure_reference_optimizer(
+    module: Any,
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    optimizer: Mapping[str, Any],
+    scheduler: Mapping[str, Any],
+    is_no_decay: Callable[[str, torch.Tensor], bool],
+    is_head: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
+    """AdamW over the reference's groups + the per-epoch cosine, as Lightning's optimiser dict.
+
+    Args:
+        module: the LightningModule (its trainer's ``max_epochs`` sizes a ``epochs: null``
+            schedule; see :func:`fit_schedule`).
+        named_params: the parameters to optimise, by name.
+        optimizer: ``lr``, ``weight_decay`` and optionally ``head_lr_mult`` (10).
+        scheduler: :class:`ReferenceCosineLR` settings.
+        is_no_decay: the no-decay rule on the given names.
+        is_head: the 10x-lr head group (None: empty, as in pretraining).
+    """
+    groups = build_param_groups(
+        named_params,
+        lr=optimizer["lr"],
+        weight_decay=optimizer["weight_decay"],
+        is_head=is_head,
+        head_lr_mult=optimizer.get("head_lr_mult", 10.0),
+        is_no_decay=is_no_decay,
+    )
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=optimizer["lr"])
+    trainer = getattr(module, "_trainer", None)
+    max_epochs = trainer.max_epochs if trainer is not None else None
+    sched = ReferenceCosineLR(opt, **fit_schedule(scheduler, max_epochs))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

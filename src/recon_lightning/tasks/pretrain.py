@@ -17,7 +17,8 @@ from torch import nn
 
 from ..checkpoints.keymap import to_official
 from ..models import ReConPretrainer, build_pretrainer
-from .optim import ReferenceCosineLR, build_param_groups, reference_no_decay
+from .optim import configure_reference_optimizer, reference_no_decay
+from .weights import initialise
 
 
 def _plain(cfg: Any) -> Any:
@@ -61,7 +62,11 @@ class PretrainTask(pl.LightningModule):
         teachers: a teachers config with ``_target_`` or a built module with ``targets(batch)``,
             ``img_dim`` and ``text_dim``; its weights are not written into checkpoints.
         optimizer: ``lr``, ``weight_decay`` (AdamW).
-        scheduler: ``epochs``, ``warmup_epochs``, ``warmup_lr_init``, ``lr_min``.
+        scheduler: ``epochs`` (null: follow ``trainer.max_epochs``), ``warmup_epochs``,
+            ``warmup_lr_init``, ``lr_min``.
+        ckpt_path: weights to start from (the reference's ``--start_ckpts``): our pretraining
+            ``.ckpt`` or an official pretraining checkpoint; the model only, with a fresh
+            optimiser and schedule (use ``resume=`` to continue a run instead).
     """
 
     #: Item format this task needs from a DataModule that can serve several (SyntheticShapes).
@@ -73,6 +78,7 @@ class PretrainTask(pl.LightningModule):
         teachers: Any = None,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
+        ckpt_path: str | None = None,
     ) -> None:
         super().__init__()
         self.teachers = build_teachers_from_config(teachers)
@@ -87,6 +93,9 @@ class PretrainTask(pl.LightningModule):
             {"model": cfg, "optimizer": self.optimizer_cfg, "scheduler": self.scheduler_cfg}
         )
         self.model: ReConPretrainer = build_pretrainer(**cfg)
+        self.init_report = initialise(self.model, ckpt_path, "pretrain")
+        if self.init_report is not None and not self.init_report.loaded:
+            raise ValueError(f"ckpt_path={ckpt_path} holds no weights of the pretraining model")
 
     def forward(self, points: torch.Tensor):
         """Encoder features of ``points`` (B, N, 3) -> ``EncoderOutput`` (no masking)."""
@@ -124,14 +133,10 @@ class PretrainTask(pl.LightningModule):
         def no_decay(name: str, p: torch.Tensor) -> bool:
             return reference_no_decay(to_official(name, "pretrain") or name, p)
 
-        groups = build_param_groups(
+        return configure_reference_optimizer(
+            self,
             self.model.named_parameters(),
-            lr=self.optimizer_cfg["lr"],
-            weight_decay=self.optimizer_cfg["weight_decay"],
-            is_head=None,
+            self.optimizer_cfg,
+            self.scheduler_cfg,
             is_no_decay=no_decay,
         )
-        groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, lr=self.optimizer_cfg["lr"])
-        sched = ReferenceCosineLR(opt, **self.scheduler_cfg)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
