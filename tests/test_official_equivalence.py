@@ -1,4 +1,4 @@
-"""Our models against the reference code's own outputs (../shared/fixtures/official).
+"""Our models against the reference code's own outputs (tests/fixtures/official).
 
 Every case loads the reference's checkpoint with ``load_official`` (or builds the downstream model
 from the case's config and loads the pretraining checkpoint), runs the stored inputs in float64
@@ -9,8 +9,11 @@ compared as sets per group, since the reference's kNN order inside a group is ar
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,14 +25,17 @@ from recon_lightning.checkpoints import (
     load_official,
     load_pretrained,
     official_report,
+    read_state_dict,
     to_official,
     to_ours,
 )
 from recon_lightning.models import (
     ReConClassifier,
+    ReConPartSegmentation,
     ReConPretrainer,
     build_classifier,
     build_encoder,
+    build_partseg,
     build_pretrainer,
     build_zeroshot,
     classification_features,
@@ -456,3 +462,188 @@ def test_base_checkpoint_file_loads_every_tensor(base_keys, name, tmp_path):
         if key.startswith(teacher):
             continue
         assert torch.equal(loaded[to_ours(key.removeprefix("module."), kind)], value), key
+
+
+# --------------------------------------------------------------------------- d_segmentation
+# The segmentation weights are not stored: the fixture README's "Weight generator" rebuilds them
+# from the parameter names (checked against weights_checksums.json tensor by tensor).
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+SEG_ENTRIES = ("center", "global_tokens_last_block", "x_max", "x_avg", "label_feature")
+
+
+def _fnv1a64(s: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in s.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & _M64
+    return h
+
+
+def _det_uniform(seed: int, key: str, n: int) -> np.ndarray:
+    """n values in [-1, 1): splitmix64 over a key- and seed-dependent start (README)."""
+    s = (_fnv1a64(key) + seed * _GOLDEN) & _M64
+    z = np.arange(n, dtype=np.uint64) + np.uint64(s) + np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(11)).astype(np.float64) - 2.0**52) * 2.0**-52
+
+
+def generated_weight(seed: int, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The README's ``value(seed, key, shape)`` in float64; None for ``num_batches_tracked``."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    n = math.prod(shape)
+    v = _det_uniform(seed, key, n).reshape(shape)
+    if key.endswith("running_mean"):
+        return 0.2 * v
+    if key.endswith("running_var"):
+        return 1.0 + 0.5 * v
+    if len(shape) == 1:
+        return 1.0 + 0.2 * v if key.endswith("weight") else 0.1 * v
+    if len(shape) == 3 and shape[:2] == (1, 1):
+        return v
+    return v * math.sqrt(3.0 / (n // shape[0]))
+
+
+def generated_state_dict(checksums: dict) -> dict[str, torch.Tensor]:
+    """Every entry of ``get_model(50).state_dict()``, verified against its SHA-256."""
+    seed = checksums["weights_seed"]
+    state: dict[str, torch.Tensor] = {}
+    for key, info in checksums["tensors"].items():
+        shape = tuple(info["shape"])
+        value = generated_weight(seed, key, shape)
+        if value is None:
+            tensor = torch.zeros(shape, dtype=torch.int64)
+        else:
+            tensor = torch.from_numpy(np.ascontiguousarray(value)).to(torch.float32)
+        digest = hashlib.sha256(tensor.numpy().astype(tensor.numpy().dtype.newbyteorder("<")))
+        assert digest.hexdigest() == info["sha256_le_bytes"], f"generated {key} differs"
+        state[key] = tensor
+    return state
+
+
+@pytest.fixture(scope="module")
+def segmentation_case(official_dir, tmp_path_factory):
+    """(data.pt, path of the weights saved as segmentation/main.py saves ``best_model.pth``)."""
+    case = official_dir / "d_segmentation"
+    checksums = json.loads((case / "weights_checksums.json").read_text())
+    state = generated_state_dict(checksums)
+    path = tmp_path_factory.mktemp("d_segmentation") / "best_model.pth"
+    torch.save(
+        {
+            "epoch": 1,
+            "train_acc": 0.5,
+            "test_acc": 0.5,
+            "class_avg_iou": 0.5,
+            "inctance_avg_iou": 0.5,
+            "model_state_dict": state,
+            "optimizer_state_dict": {"state": {}, "param_groups": []},
+        },
+        path,
+    )
+    return load_fixture(case / "data.pt"), path
+
+
+@pytest.fixture(scope="module", params=[torch.float64, torch.float32], ids=["f64", "f32"])
+def segmentation_run(request, segmentation_case):
+    """One eval forward of the loaded model per dtype (the base-size model is large)."""
+    data, path = segmentation_case
+    model = load_official(path, kind="partseg").to(request.param)
+    assert isinstance(model, ReConPartSegmentation) and not model.training
+    inputs = data["inputs"]
+    with torch.no_grad():
+        points = inputs["points"].to(request.param)
+        feats = model.forward_features(points, inputs["category"])
+        log_probs = model.forward_head(feats)
+        log_probs_one_hot = model(points, inputs["category_one_hot"])
+    got = {
+        "center": feats.center,
+        "global_tokens_last_block": feats.global_tokens,
+        "x_max": feats.x_max,
+        "x_avg": feats.x_avg,
+        "label_feature": feats.label_feature,
+        "log_probs": log_probs,
+        "log_probs_one_hot": log_probs_one_hot,
+    }
+    return request.param, got, data["eval"]
+
+
+def test_segmentation_checkpoint_is_read_whole(segmentation_case):
+    data, path = segmentation_case
+    assert data["meta"]["config"]["cls_dim"] == 50
+    raw = torch.load(path, weights_only=True)["model_state_dict"]
+    kind, config, converted = convert_official(raw)
+    assert kind == "partseg" and len(converted) == len(raw)
+    assert config["num_parts"] == 50 and config["feature_blocks"] == (3, 7, 11)
+    assert config["num_group"] == 128 and config["group_size"] == 32 and config["num_heads"] == 6
+    for key, value in raw.items():
+        assert converted[to_ours(key, "partseg")] is value, key
+
+
+@pytest.mark.parametrize("entry", [*SEG_ENTRIES, "log_probs"])
+def test_segmentation_outputs(segmentation_run, entry):
+    dtype, got, ref = segmentation_run
+    assert got[entry].dtype == dtype
+    close(got[entry], ref[entry], F64 if dtype == torch.float64 else F32, entry)
+
+
+def test_segmentation_labels_or_one_hot(segmentation_run):
+    """``forward`` from (B,) categories equals the reference's call with the one-hot (B, 16)."""
+    _, got, _ = segmentation_run
+    torch.testing.assert_close(got["log_probs"], got["log_probs_one_hot"], rtol=0, atol=0)
+
+
+def test_segmentation_keys_named_when_missing_or_unexpected(base_keys):
+    """Base-size layout of ``best_model.pth``: every key placed; a stray or absent one named."""
+    entries = base_keys["segmentation_best_model"]["model_state_dict"]
+    state = _meta_state(entries)
+    kind, config, converted = convert_official(state)
+    assert kind == "partseg" and len(converted) == len(state) == len(entries)
+    with torch.device("meta"):
+        model = build_model(kind, config)
+    check_fits(model, converted)
+    assert sum(p.numel() for p in model.parameters()) == 48_542_386
+    stray = {**state, "convs4.weight": torch.empty(50, 256, 1, device="meta")}
+    with pytest.raises(ValueError, match=r"convs4\.weight"):
+        convert_official(stray)
+    bad = {**state, "label_conv.1.extra": torch.empty(64, device="meta")}
+    with pytest.raises(ValueError, match=r"no place for 'label_embed\.bn\.extra'"):
+        check_fits(model, convert_official(bad)[2])
+    less = {k: v for k, v in state.items() if k != "bns2.running_var"}
+    with pytest.raises(ValueError, match=r"not in the checkpoint: 'head\.bn2\.running_var'"):
+        check_fits(model, convert_official(less)[2])
+    with pytest.raises(ValueError, match="feature_blocks"):
+        convert_official(state, feature_blocks=(3, 11))
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["model_state_dict", "bare"])
+@pytest.mark.parametrize("prefix", ["module.", ""], ids=["module", "no_prefix"])
+def test_segmentation_state_dict_layouts(base_keys, prefix, wrapped):
+    state = _meta_state(base_keys["segmentation_best_model"]["model_state_dict"])
+    raw = {prefix + k: v for k, v in state.items()}
+    kind, _, converted = convert_official(
+        read_state_dict({"model_state_dict": raw} if wrapped else raw)
+    )
+    assert kind == "partseg" and len(converted) == len(state)
+
+
+def test_pretrained_into_segmentation(official_dir, pretrain_ckpt):
+    """The reference's ``load_model_from_ckpt`` of get_model: the same missing/unexpected keys."""
+    counts = json.loads((official_dir / "g_base_keys" / "counts_and_loading.json").read_text())
+    ref = counts["load_pretrain_in21k_into_segmentation"]
+    model = build_partseg(trans_dim=72, depth=3, num_heads=3, num_group=16, group_size=8)
+    report = load_pretrained(model, pretrain_ckpt)
+    named = official_report(report, model)
+    # The reference lists were taken at base size (4 decoder blocks); this pretraining has 2.
+    deeper = ("MAE_decoder.blocks.2.", "MAE_decoder.blocks.3.")
+    assert sorted(named["missing"]) == sorted(ref["missing_keys"])
+    assert sorted(named["unexpected"]) == sorted(
+        k for k in ref["unexpected_keys"] if not k.startswith(deeper)
+    )
+    source = read_state_dict(pretrain_ckpt)
+    for key, value in model.state_dict().items():
+        if key.startswith("encoder."):
+            official = "MAE_encoder." + to_official(key, "partseg")
+            assert torch.equal(value, source[official]), key

@@ -224,3 +224,51 @@ def write_scanobjectnn(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return write
+
+
+#: ShapeNetPart categories of the tiny fixture: (name, synset, parts). Mug's labels are far from
+#: 0 so that a label-mapping mistake cannot pass by accident.
+PART_CATEGORIES = [("Airplane", "02691156", (0, 1, 2, 3)), ("Bag", "02773838", (4, 5)),
+                   ("Mug", "03797390", (36, 37))]  # fmt: skip
+
+
+@pytest.fixture
+def write_shapenetpart(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: a ShapeNetPart folder in the reference layout, 3 categories, tiny shapes.
+
+    Per category ``per_category`` = (train, val, test) shapes; shape k holds ``40 + 7 * k`` points
+    (variable lengths, as the real files) of off-centre, unscaled xyz, random normals and part
+    labels cycling over the category's parts. ``synsetoffset2category.txt`` lists all 16
+    categories, as the real file, though only 3 have folders.
+    """
+    from recon_lightning.data.shapenetpart import SHAPENETPART_CATEGORIES
+
+    def write(per_category: tuple[int, int, int] = (2, 1, 2)) -> Path:
+        root = tmp_path / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
+        (root / "train_test_split").mkdir(parents=True)
+        (root / "synsetoffset2category.txt").write_text(
+            "".join(f"{name}\t{synset}\n" for name, synset in SHAPENETPART_CATEGORIES.items())
+        )
+        rng = np.random.default_rng(4)
+        lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        k = 0
+        for _, synset, parts in PART_CATEGORIES:
+            (root / synset).mkdir()
+            for split, count in zip(("train", "val", "test"), per_category, strict=True):
+                for _ in range(count):
+                    shape_id = f"{k:04d}{split}"
+                    n = 40 + 7 * k
+                    xyz = rng.normal(size=(n, 3)) * (1.5 + k) + 2.0
+                    normals = rng.normal(size=(n, 3))
+                    labels = np.array(parts)[np.arange(n) % len(parts)]
+                    rows = np.concatenate([xyz, normals, labels[:, None]], axis=1)
+                    np.savetxt(root / synset / f"{shape_id}.txt", rows, fmt="%.6f")
+                    lists[split].append(f"shape_data/{synset}/{shape_id}")
+                    k += 1
+        for split, entries in lists.items():
+            # The real lists are shuffled; reversing checks that the loader re-orders them.
+            path = root / "train_test_split" / f"shuffled_{split}_file_list.json"
+            path.write_text(json.dumps(entries[::-1]))
+        return root
+
+    return write

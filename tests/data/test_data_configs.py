@@ -14,6 +14,7 @@ from recon_lightning.data import (
     ModelNetFewshotDataModule,
     ScanObjectNNDataModule,
     ShapeNet55DataModule,
+    ShapeNetPartDataModule,
     SyntheticShapesDataModule,
 )
 
@@ -51,9 +52,14 @@ EXPECTED = {
         "ModelNetFewshot",
         {"way": 10, "shot": 20, "fold": 3, "npoints": 1024},
     ),
+    "shapenetpart": (
+        ShapeNetPartDataModule,
+        "shapenetcore_partanno_segmentation_benchmark_v0_normal",
+        {"npoints": 2048},
+    ),
 }
 #: The reference's total_bs per dataset.
-TOTAL_BS = {"shapenet55": 128}
+TOTAL_BS = {"shapenet55": 128, "shapenetpart": 16}
 
 
 def test_every_data_config_is_covered() -> None:

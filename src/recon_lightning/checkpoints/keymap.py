@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from functools import cache
 
-KINDS = ("pretrain", "classification")
+KINDS = ("pretrain", "classification", "partseg")
 
 #: The encoder, relative to its root (``MAE_encoder.`` in a pretraining checkpoint, the top level
 #: of a classifier's); ours sits under ``encoder.``.
@@ -83,6 +83,21 @@ DOWNSTREAM_RULES: tuple[tuple[str, str], ...] = (
     ("text_proj.", "text_proj."),
 )
 
+#: Part segmentation (segmentation/models/pt.py ``get_model``): the backbone at top level, the
+#: category embedding, the propagation MLP and the per-point head.
+PARTSEG_RULES: tuple[tuple[str, str], ...] = (
+    *_BACKBONE_RULES,
+    ("label_conv.0.", "label_embed.conv."),
+    ("label_conv.1.", "label_embed.bn."),
+    ("propagation_0.mlp_convs.{i}.", "propagation.convs.{i}."),
+    ("propagation_0.mlp_bns.{i}.", "propagation.bns.{i}."),
+    ("convs1.", "head.conv1."),
+    ("bns1.", "head.bn1."),
+    ("convs2.", "head.conv2."),
+    ("bns2.", "head.bn2."),
+    ("convs3.", "head.out."),
+)
+
 #: Frozen teachers inside ``ckpt-last.pth`` pretraining checkpoints; they live outside our models.
 TEACHER_PREFIXES = ("img_encoder.", "text_encoder.")
 
@@ -98,14 +113,16 @@ def rules_for(kind: str, head_type: str | None = None) -> tuple[tuple[str, str],
     """The renaming rules of one checkpoint kind.
 
     Args:
-        kind: ``pretrain`` | ``classification`` | ``downstream`` (zero-shot / SVM layout) |
-            ``encoder`` (a bare encoder's keys).
+        kind: ``pretrain`` | ``classification`` | ``partseg`` (part segmentation) |
+            ``downstream`` (zero-shot / SVM layout) | ``encoder`` (a bare encoder's keys).
         head_type: for ``classification``: ``full`` / ``mlp3`` (same layers) or ``linear``.
     """
     if kind == "pretrain":
         return PRETRAIN_RULES
     if kind == "classification":
         return CLASSIFIER_LINEAR_RULES if head_type == "linear" else CLASSIFIER_MLP_RULES
+    if kind == "partseg":
+        return PARTSEG_RULES
     if kind == "downstream":
         return DOWNSTREAM_RULES
     if kind == "encoder":

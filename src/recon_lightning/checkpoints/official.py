@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import build_classifier, build_pretrainer, normalize_config
+from ..models import (
+    build_classifier,
+    build_partseg,
+    build_pretrainer,
+    default_feature_blocks,
+    normalize_config,
+)
 from .keymap import KINDS, TEACHER_PREFIXES, to_ours
 
 #: Heads per width in the reference's size variants (head dim 64); used when not overridden.
@@ -26,7 +32,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss": "cdl2",
     },
     "classification": {"num_group": 64, "group_size": 32, "drop_path_rate": 0.2},
+    # segmentation/models/pt.py hard-codes these
+    "partseg": {"num_group": 128, "group_size": 32, "drop_path_rate": 0.1},
 }
+
+#: Our builder kind (models.factory) of each checkpoint kind.
+_BUILDER_KIND = {"pretrain": "pretrainer", "classification": "classifier", "partseg": "partseg"}
 
 _STATE_KEYS = ("base_model", "model_state_dict", "state_dict", "model")
 
@@ -62,19 +73,16 @@ def read_state_dict(source: Source) -> dict[str, torch.Tensor]:
 
 
 def infer_kind(state: Mapping[str, torch.Tensor]) -> str:
-    """``pretrain`` or ``classification`` from the keys of a reference state dict."""
+    """``pretrain``, ``classification`` or ``partseg`` from the keys of a reference state dict."""
     if any(k.startswith("MAE_encoder.") for k in state):
         return "pretrain"
     if any(k.startswith("cls_head_finetune.") for k in state):
         return "classification"
     if any(k.startswith("label_conv.") for k in state):
-        raise ValueError(
-            "this is a part-segmentation checkpoint; load_official reads pretrain "
-            "and classification checkpoints"
-        )
+        return "partseg"
     raise ValueError(
-        "cannot tell the checkpoint kind: no 'MAE_encoder.*' (pretrain) or 'cls_head_finetune.*' "
-        "(classification) keys; pass kind= explicitly"
+        "cannot tell the checkpoint kind: no 'MAE_encoder.*' (pretrain), 'cls_head_finetune.*' "
+        "(classification) or 'label_conv.*' (partseg) keys; pass kind= explicitly"
     )
 
 
@@ -96,8 +104,15 @@ def infer_config(state: Mapping[str, torch.Tensor], kind: str) -> dict[str, Any]
     Pretrain: ``trans_dim``, ``depth``, ``mlp_ratio``, ``decoder_depth``, ``group_size``,
     ``img_dim``, ``text_dim``, ``self_contrastive``. Classification: ``trans_dim``, ``depth``,
     ``mlp_ratio``, ``cls_dim``, ``head_type`` (``full`` for the MLP head; ``mlp3`` builds the same
-    layers and may be requested).
+    layers and may be requested). Partseg: ``trans_dim``, ``depth``, ``mlp_ratio``,
+    ``num_parts``, ``num_categories``, ``label_dim``, ``propagation_dims``, ``head_dims`` and
+    ``num_feature_blocks`` (how many blocks feed the head; which ones the weights cannot tell).
     """
+    if kind == "partseg":
+        try:
+            return _infer_partseg(state)
+        except ValueError as err:
+            raise ValueError(f"part-segmentation checkpoint: {err}") from err
     root = "MAE_encoder." if kind == "pretrain" else ""
     dim = _shape(state, f"{root}cls_token")[-1]
     if _shape(state, f"{root}encoder.second_conv.3.weight")[0] != dim:
@@ -123,10 +138,63 @@ def infer_config(state: Mapping[str, torch.Tensor], kind: str) -> dict[str, Any]
     return cfg
 
 
+def _infer_partseg(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    dim = _shape(state, "cls_token")[-1]
+    if _shape(state, "encoder.second_conv.3.weight")[0] != dim:
+        raise ValueError("the mini-PointNet output size differs from trans_dim (encoder_dims)")
+    label = _shape(state, "label_conv.0.weight")
+    n_prop = _count_indexed(state, "propagation_0.mlp_convs.")
+    if n_prop == 0:
+        raise ValueError("the checkpoint has no 'propagation_0.mlp_convs.*' layers")
+    prop_dims = tuple(
+        _shape(state, f"propagation_0.mlp_convs.{i}.weight")[0] for i in range(n_prop)
+    )
+    local = _shape(state, "propagation_0.mlp_convs.0.weight")[1] - 3
+    if local <= 0 or local % dim:
+        raise ValueError(
+            f"the propagation input ({local} + 3 channels) is not a multiple of trans_dim={dim}"
+        )
+    cfg: dict[str, Any] = {
+        "trans_dim": dim,
+        "depth": _count_indexed(state, "blocks.blocks."),
+        "mlp_ratio": _shape(state, "blocks.blocks.0.mlp.fc1.weight")[0] / dim,
+        "num_parts": _shape(state, "convs3.weight")[0],
+        "num_categories": label[1],
+        "label_dim": label[0],
+        "propagation_dims": prop_dims,
+        "head_dims": (_shape(state, "convs1.weight")[0], _shape(state, "convs2.weight")[0]),
+        "num_feature_blocks": local // dim,
+    }
+    head_in = _shape(state, "convs1.weight")[1]
+    expected = prop_dims[-1] + (2 * (local // dim) + 1) * dim + label[0]
+    if head_in != expected:
+        raise ValueError(
+            f"convs1 takes {head_in} channels; this layout gives {expected} (propagation "
+            f"{prop_dims[-1]} + max/mean {2 * local} + queries {dim} + label {label[0]})"
+        )
+    return cfg
+
+
+def _feature_blocks(cfg: dict[str, Any]) -> None:
+    """Check (or pick) ``feature_blocks`` against the number of blocks the weights imply."""
+    count = cfg.pop("num_feature_blocks")
+    if cfg.get("feature_blocks") is None:
+        try:
+            cfg["feature_blocks"] = default_feature_blocks(cfg["depth"])
+        except ValueError:
+            cfg["feature_blocks"] = ()
+    if len(cfg["feature_blocks"]) != count:
+        raise ValueError(
+            f"the weights take the local tokens of {count} blocks but feature_blocks="
+            f"{tuple(cfg['feature_blocks'])}; pass feature_blocks=(...) with {count} indices"
+        )
+
+
 def _merge(kind: str, inferred: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    builder_kind = "pretrainer" if kind == "pretrain" else "classifier"
-    given = normalize_config(builder_kind, overrides)
+    given = normalize_config(_BUILDER_KIND[kind], overrides)
     for name, value in given.items():
+        if isinstance(value, list):  # YAML / CLI sequences against inferred tuples
+            value = tuple(value)
         if name not in inferred or inferred[name] == value:
             continue
         if name == "head_type" and {value, inferred[name]} == {"full", "mlp3"}:
@@ -142,6 +210,8 @@ def _merge(kind: str, inferred: dict[str, Any], overrides: Mapping[str, Any]) ->
                 "not a reference size; pass num_heads="
             )
         cfg["num_heads"] = DEFAULT_NUM_HEADS[cfg["trans_dim"]]
+    if kind == "partseg":
+        _feature_blocks(cfg)
     return cfg
 
 
@@ -152,12 +222,13 @@ def convert_official(
 
     Args:
         state: output of :func:`read_state_dict`.
-        kind: ``pretrain`` | ``classification``; inferred from the keys when None.
+        kind: ``pretrain`` | ``classification`` | ``partseg``; inferred from the keys when None.
         overrides: hyper-parameters the weights do not fix (reference names).
 
     Returns:
         ``(kind, config, converted)``: config = kwargs of :func:`build_pretrainer` /
-        :func:`build_classifier`; converted = the tensors under our names (teachers dropped).
+        :func:`build_classifier` / :func:`build_partseg`; converted = the tensors under our
+        names (teachers dropped).
 
     Raises:
         ValueError: naming every key no rule places.
@@ -182,7 +253,10 @@ def convert_official(
 
 
 def build_model(kind: str, config: Mapping[str, Any]) -> nn.Module:
-    """The empty model of a converted checkpoint (``ReConPretrainer`` / ``ReConClassifier``)."""
+    """The empty model of a converted checkpoint (``ReConPretrainer`` / ``ReConClassifier`` /
+    ``ReConPartSegmentation``)."""
+    if kind == "partseg":
+        return build_partseg(**config)
     return build_pretrainer(**config) if kind == "pretrain" else build_classifier(**config)
 
 
@@ -206,13 +280,16 @@ def load_official(path: Source, kind: str | None = None, **overrides: Any) -> nn
 
     Args:
         path: a ``.pth`` written by the reference (``ckpt-epoch-*.pth``, ``ckpt-last.pth``,
-            ``ckpt-best.pth``), or an already loaded checkpoint dict.
-        kind: ``pretrain`` (returns :class:`ReConPretrainer`) or ``classification``
-            (:class:`ReConClassifier`); inferred from the keys when None.
+            ``ckpt-best.pth``, the segmentation ``best_model.pth`` with its
+            ``model_state_dict``), a bare state dict, or an already loaded checkpoint dict.
+        kind: ``pretrain`` (returns :class:`ReConPretrainer`), ``classification``
+            (:class:`ReConClassifier`) or ``partseg`` (:class:`ReConPartSegmentation`);
+            inferred from the keys when None.
         overrides: what the weights do not fix, under the reference's names: ``num_heads``
-            (default: 3/4/6 for widths 192/256/384), ``num_group`` (64), ``group_size``
-            (classification: 32), ``decoder_num_heads`` (= num_heads), ``drop_path_rate``,
-            ``mask_ratio``, ``mask_type``, ``loss``, ``type``/``head_type`` (``mlp3``) ...
+            (default: 3/4/6 for widths 192/256/384), ``num_group`` (64; partseg 128),
+            ``group_size`` (classification, partseg: 32), ``decoder_num_heads`` (= num_heads),
+            ``drop_path_rate``, ``mask_ratio``, ``mask_type``, ``loss``, ``type``/``head_type``
+            (``mlp3``), ``feature_blocks`` (partseg: default (3, 7, 11) at depth 12) ...
 
     Raises:
         ValueError: a key without a place, a shape that does not fit, or a contradicting

@@ -7,7 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import LoadReport, ReConClassifier, ReConEncoder, load_backbone
+from ..models import (
+    LoadReport,
+    ReConClassifier,
+    ReConEncoder,
+    ReConPartSegmentation,
+    load_backbone,
+)
 from .keymap import TEACHER_PREFIXES, official_names, to_ours
 from .official import Source, infer_config, infer_kind, read_state_dict
 
@@ -41,7 +47,8 @@ def load_pretrained(model: nn.Module, source: Source) -> LoadReport:
     ``load_model_from_ckpt`` (which loads with ``strict=False``).
 
     Args:
-        model: e.g. a :class:`ReConClassifier`, ``ReConZeroShot`` or bare ``ReConEncoder``.
+        model: e.g. a :class:`ReConClassifier`, ``ReConZeroShot``,
+            :class:`ReConPartSegmentation` or bare ``ReConEncoder``.
         source: path or checkpoint dict.
 
     Returns:
@@ -69,6 +76,8 @@ def official_report(
             "kind": "classification",
             "head_type": head_type or model.head_type,
         }
+    elif isinstance(model, ReConPartSegmentation):
+        target = {"kind": "partseg"}
     elif isinstance(model, ReConEncoder):
         target = {"kind": "encoder"}
     else:

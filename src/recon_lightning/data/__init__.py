@@ -12,6 +12,7 @@ from .modelnet import ModelNet, ModelNetDataModule
 from .modelnet_fewshot import ModelNetFewshot, ModelNetFewshotDataModule, make_fewshot_splits
 from .scanobjectnn import ScanObjectNN, ScanObjectNNDataModule
 from .shapenet55 import ShapeNet55, ShapeNet55DataModule
+from .shapenetpart import ShapeNetPart, ShapeNetPartDataModule
 from .synthetic import SyntheticShapes, SyntheticShapesDataModule
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "ScanObjectNNDataModule",
     "ShapeNet55",
     "ShapeNet55DataModule",
+    "ShapeNetPart",
+    "ShapeNetPartDataModule",
     "SyntheticShapes",
     "SyntheticShapesDataModule",
     "make_fewshot_splits",

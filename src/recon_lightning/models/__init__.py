@@ -2,9 +2,10 @@
 
 Building blocks: :class:`MiniPointNet`, :class:`PositionalMLP`, :class:`ReConBlock`,
 :class:`ReConEncoder`, :class:`MaskedDecoder`, heads and :class:`PatchMasker`. Assembled models:
-:class:`ReConPretrainer`, :class:`ReConClassifier`, :class:`ReConZeroShot`, built from
-reference-style hyper-parameters by :func:`build_pretrainer` / :func:`build_classifier` or the
-size variants :func:`recon_tiny` / :func:`recon_small` / :func:`recon_base`.
+:class:`ReConPretrainer`, :class:`ReConClassifier`, :class:`ReConZeroShot`,
+:class:`ReConPartSegmentation`, built from reference-style hyper-parameters by
+:func:`build_pretrainer` / :func:`build_classifier` / :func:`build_partseg` or the size variants
+:func:`recon_tiny` / :func:`recon_small` / :func:`recon_base` / :func:`recon_partseg`.
 """
 
 from .attention import CrossAttention, SelfAttention
@@ -17,11 +18,13 @@ from .factory import (
     VARIANTS,
     build_classifier,
     build_encoder,
+    build_partseg,
     build_pretrainer,
     build_zeroshot,
     create_model,
     normalize_config,
     recon_base,
+    recon_partseg,
     recon_small,
     recon_tiny,
 )
@@ -36,6 +39,14 @@ from .pretrainer import PretrainOutput, ReConPretrainer, Reconstruction
 from .projection import SMCProjection, teacher_projection
 from .recon_block import ReConBlock
 from .reconstruction_head import ReconstructionHead
+from .segmentation import (
+    FeaturePropagation,
+    LabelEmbedding,
+    ReConPartSegmentation,
+    SegmentationFeatures,
+    SegmentationHead,
+    default_feature_blocks,
+)
 from .transformer_block import TransformerBlock
 from .zeroshot import FEATURE_TYPES, ReConZeroShot
 
@@ -48,6 +59,8 @@ __all__ = [
     "ClassificationHead",
     "CrossAttention",
     "EncoderOutput",
+    "FeaturePropagation",
+    "LabelEmbedding",
     "LoadReport",
     "MaskedDecoder",
     "MiniPointNet",
@@ -58,24 +71,30 @@ __all__ = [
     "ReConBlock",
     "ReConClassifier",
     "ReConEncoder",
+    "ReConPartSegmentation",
     "ReConPretrainer",
     "ReConZeroShot",
     "Reconstruction",
     "ReconstructionHead",
     "SMCProjection",
+    "SegmentationFeatures",
+    "SegmentationHead",
     "SelfAttention",
     "Tokens",
     "TransformerBlock",
     "build_classifier",
     "build_encoder",
+    "build_partseg",
     "build_pretrainer",
     "build_zeroshot",
     "classification_features",
     "create_model",
+    "default_feature_blocks",
     "distillation_loss",
     "load_backbone",
     "normalize_config",
     "recon_base",
+    "recon_partseg",
     "recon_small",
     "recon_tiny",
     "reconstruction_loss",

@@ -10,6 +10,7 @@ from torch import nn
 from .classifier import ReConClassifier
 from .encoder import ReConEncoder
 from .pretrainer import ReConPretrainer
+from .segmentation import ReConPartSegmentation
 from .zeroshot import ReConZeroShot
 
 #: Sizes of the reference's variants (cfgs/pretrain/{tiny,small,base}.yaml); all have depth 12.
@@ -27,12 +28,13 @@ TEACHER_DIMS: dict[str, int] = {
     "ViT-L/14": 768,
 }
 
-KINDS = ("encoder", "pretrainer", "classifier", "zeroshot")
+KINDS = ("encoder", "pretrainer", "classifier", "zeroshot", "partseg")
 _BUILDERS: dict[str, type[nn.Module]] = {
     "encoder": ReConEncoder,
     "pretrainer": ReConPretrainer,
     "classifier": ReConClassifier,
     "zeroshot": ReConZeroShot,
+    "partseg": ReConPartSegmentation,
 }
 
 
@@ -49,8 +51,9 @@ def normalize_config(kind: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     Accepts the reference YAML's ``model:`` section as is: a nested ``transformer_config``,
     ``NAME`` (ignored), ``encoder_dims`` (must equal ``trans_dim``), ``type`` (head type of a
-    classifier, feature type of a zero-shot model) and teacher names ``img_encoder`` /
-    ``text_encoder`` (turned into ``img_dim`` / ``text_dim``).
+    classifier, feature type of a zero-shot model), teacher names ``img_encoder`` /
+    ``text_encoder`` (turned into ``img_dim`` / ``text_dim``) and, for ``partseg``, ``cls_dim``
+    (the reference's name of ``num_parts``).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
@@ -60,6 +63,10 @@ def normalize_config(kind: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
         dims = out.pop("encoder_dims")
         if out.setdefault("trans_dim", dims) != dims:
             raise ValueError(f"encoder_dims={dims} must equal trans_dim={out['trans_dim']}")
+    if kind == "partseg" and "cls_dim" in out:
+        if out.setdefault("num_parts", out["cls_dim"]) != out["cls_dim"]:
+            raise ValueError(f"cls_dim={out['cls_dim']} contradicts num_parts={out['num_parts']}")
+        del out["cls_dim"]
     if "type" in out:
         out["head_type" if kind == "classifier" else "feature_type"] = out.pop("type")
     for name, dim in (("img_encoder", "img_dim"), ("text_encoder", "text_dim")):
@@ -98,12 +105,17 @@ def build_zeroshot(**cfg: Any) -> ReConZeroShot:
     return _build("zeroshot", cfg)  # type: ignore[return-value]
 
 
+def build_partseg(**cfg: Any) -> ReConPartSegmentation:
+    """A :class:`ReConPartSegmentation` from reference-style hyper-parameters (Hydra target)."""
+    return _build("partseg", cfg)  # type: ignore[return-value]
+
+
 def create_model(variant: str, kind: str = "classifier", **overrides: Any) -> nn.Module:
     """One factory for every size variant and model kind.
 
     Args:
         variant: ``recon_tiny`` | ``recon_small`` | ``recon_base``.
-        kind: ``encoder`` | ``pretrainer`` | ``classifier`` | ``zeroshot``.
+        kind: ``encoder`` | ``pretrainer`` | ``classifier`` | ``zeroshot`` | ``partseg``.
         overrides: any other hyper-parameter (reference names), e.g. ``cls_dim=15``.
     """
     if variant not in VARIANTS:
@@ -127,3 +139,13 @@ def recon_small(kind: str = "classifier", **overrides: Any) -> nn.Module:
 def recon_base(kind: str = "classifier", **overrides: Any) -> nn.Module:
     """ReCon-base (384 wide, 6 heads, 12 blocks)."""
     return create_model("recon_base", kind, **overrides)
+
+
+def recon_partseg(size: str = "base", **overrides: Any) -> ReConPartSegmentation:
+    """The part-segmentation model at a size variant: ``tiny`` | ``small`` | ``base``.
+
+    The reference's segmentation model is the base size (with its 128 patches of 32 points);
+    ``overrides`` as in :func:`create_model`, e.g. ``num_parts=50``.
+    """
+    name = size if size.startswith("recon_") else f"recon_{size}"
+    return create_model(name, "partseg", **overrides)  # type: ignore[return-value]

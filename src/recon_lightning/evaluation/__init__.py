@@ -1,0 +1,1 @@
+"""Evaluation protocols and reporting: metrics, voting, SVM features, results files and tables."""
