@@ -96,7 +96,7 @@ def test_pretrain_base_recipe_fast_dev_run_on_shapenet_layout(tmp_path):
 
 def test_real_teachers_without_weights_say_how_to_get_them(tmp_path, no_weight_caches):
     from recon_lightning.cli.train import build
-    from recon_lightning.teachers.weights import WeightsNotFoundError
+    from recon_lightning.teachers.weight_files import WeightsNotFoundError
 
     data_dir = write_shapenet55(tmp_path / "datasets")
     cfg = _compose(

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from recon_lightning.tasks.classification import ClassificationTask
 from recon_lightning.tasks.optim import fit_schedule
-from recon_lightning.tasks.svm_eval import SVMTask
+from recon_lightning.tasks.svm import SVMTask
 from recon_lightning.tasks.zeroshot import ZeroShotTask
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import load_fixture
-from recon_lightning.tasks.svm_eval import SVMTask
+from recon_lightning.tasks.svm import SVMTask
 from tasks.test_classification import FIXTURE, TINY, cpu_trainer, tiny_data
 
 

@@ -15,7 +15,7 @@ from recon_lightning.teachers.preprocess import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
 )
-from recon_lightning.teachers.weights import read_state_dict
+from recon_lightning.teachers.weight_files import read_state_dict
 
 LAYOUT_FILES = {
     "jx_pth": "jx_vit_base_patch16_224_in21k-e5005f0a.pth",

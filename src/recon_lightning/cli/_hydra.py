@@ -7,6 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ..tasks.config import instantiate
+
+__all__ = ["compose_train", "config_dir", "instantiate", "instantiate_group"]
+
 
 def config_dir() -> str:
     """The packaged config tree ``recon_lightning.conf``: the repository's ``conf/`` folder.
@@ -32,26 +36,6 @@ def compose_train(overrides: list[str]) -> DictConfig:
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
-
-
-def instantiate(cfg, **kwargs):
-    """``hydra.utils.instantiate`` that raises our own error, not Hydra's wrapper around it.
-
-    Hydra wraps every exception raised inside a ``_target_`` (once per nesting level); a user who
-    forgot a dataset or teacher weights should read our message, not a chain of wrappers.
-    """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate as hydra_instantiate
-
-    try:
-        return hydra_instantiate(cfg, **kwargs)
-    except InstantiationException as err:
-        cause: BaseException = err
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if cause is err:
-            raise
-        raise cause from None
 
 
 def instantiate_group(cfg: DictConfig | None) -> list:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic_io import write_with_atomic
+
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["num_heads=6", "type=mlp3"]`` -> ``{"num_heads": 6, "type": "mlp3"}`` (YAML scalars)."""
@@ -76,12 +78,7 @@ def convert(
         "global_step": 0,
         "converted_from": {"path": os.fspath(src), "kind": kind, "overrides": overrides},
     }
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return write_with_atomic(dst, lambda handle: torch.save(ckpt, handle))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,11 +17,10 @@ from pathlib import Path
 def cache_teachers(args: argparse.Namespace) -> Path:
     """Build the teacher feature cache for the configured pretraining dataset."""
     import torch
-    from hydra.utils import instantiate
     from omegaconf import open_dict
 
     from ..teachers.cache import build_cache
-    from ._hydra import compose_train
+    from ._hydra import compose_train, instantiate
 
     cfg = compose_train(args.overrides)
     teachers_cfg = cfg.teachers.copy()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._hydra import compose_train
+from ._hydra import compose_train, instantiate
 
 
 def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int) -> float:
@@ -31,7 +31,7 @@ def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int) -> float:
     from torch.utils.data import DataLoader
 
     from ..data.transforms import fps_sample
-    from ..tasks.svm import extract_features, linear_svm_accuracy
+    from ..evaluation.linear_svm import extract_features, linear_svm_accuracy
 
     def features(split: str):
         loader = DataLoader(datamodule.dataset(split), batch_size=64, shuffle=False)
@@ -125,8 +125,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(f"[bold]Pretraining[/] ReCon-tiny on SyntheticShapes for {epochs} epochs")
     trainer.fit(task, datamodule=datamodule)
     pretrain_s = time.time() - start
-
-    from hydra.utils import instantiate
 
     probe_dm = instantiate(cfg.demo.probe_data)
     pretrained_acc = probe_accuracy(task.model.encoder, probe_dm, cfg.seed)

@@ -15,15 +15,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..tasks.fewshot_report import report, to_csv
-from ..tasks.results import write_json_atomic
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` without exposing a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+from ..atomic_io import write_text_atomic
+from ..evaluation.fewshot_report import report, to_csv
+from ..evaluation.results import write_json_atomic
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -86,7 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) the configured task; returns the final metrics."""
     start = time.time()
     trainer, datamodule, task = build(cfg)
-    from ..tasks.svm_eval import EVAL_ONLY_MESSAGE, EvalOnlyMixin
+    from ..tasks.eval_only import EVAL_ONLY_MESSAGE, EvalOnlyMixin
 
     if isinstance(task, EvalOnlyMixin):  # say so before Lightning starts a loop
         raise ValueError(EVAL_ONLY_MESSAGE.format(name=task.task_name))

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import codecs
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic_io import write_with_atomic
 
 # The numpy internals are imported from the module that actually holds them in this numpy; the
 # pickle may name either the 1.x (``numpy.core``) or the 2.x (``numpy._core``) location.
@@ -94,16 +94,4 @@ def atomic_pickle_dump(obj: Any, path: Path | str, protocol: int = 4) -> None:
     A crash or Ctrl-C mid-write leaves no truncated cache behind that a later run would trip on.
     Protocol 4 keeps the file readable by the reference code (Python >= 3.4).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh, protocol=protocol)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_with_atomic(path, lambda handle: pickle.dump(obj, handle, protocol=protocol))

@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from recon_lightning.ops import gather_points, knn, three_nn_interpolate
 
+from ..atomic_io import write_with_atomic
 from .base import require_full_batch, resolve_num_workers
 from .errors import DatasetNotFoundError, MalformedDatasetError, describe_missing, require_dir
 from .transforms import normalize_unit_sphere_np
@@ -411,17 +412,8 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
 
 
 def _write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file beside ``path``, then ``os.replace``: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.savez`` atomically: a half-written cache is never read back."""
+    write_with_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 @dataclass

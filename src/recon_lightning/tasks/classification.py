@@ -35,12 +35,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..checkpoints.keymap import to_official
 from ..data.transforms import get_batch_transform
+from ..evaluation.results import build_results, write_json_atomic
+from ..evaluation.voting import RepeatedVoteAccuracy, vote_logits, vote_pool
 from ..models import HEAD_TYPES, ReConClassifier, build_classifier
 from .config import datamodule_of, encoder_kwargs, plain
+from .init_weights import check_report_complete, initialise
 from .optim import configure_reference_optimizer, reference_no_decay
-from .results import build_results, write_json_atomic
-from .voting import RepeatedVoteAccuracy, vote_logits, vote_pool
-from .weights import check_report_complete, initialise
 
 log = logging.getLogger("recon_lightning")
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by the downstream task modules: config plumbing and run context."""
+"""Config plumbing shared by the task modules and entry points: plain containers, instantiation."""
 
 from __future__ import annotations
 
@@ -32,6 +32,26 @@ def plain(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return {k: plain(v) for k, v in cfg.items()}
     return cfg
+
+
+def instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that raises our own error, not Hydra's wrapper around it.
+
+    Hydra wraps every exception raised inside a ``_target_`` (once per nesting level); a user who
+    forgot a dataset or teacher weights should read our message, not a chain of wrappers.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause: BaseException = err
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is err:
+            raise
+        raise cause from None
 
 
 def encoder_kwargs(encoder: Mapping[str, Any] | None) -> dict[str, Any]:

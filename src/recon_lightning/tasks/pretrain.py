@@ -17,24 +17,14 @@ from torch import nn
 
 from ..checkpoints.keymap import to_official
 from ..models import ReConPretrainer, build_pretrainer
+from .config import instantiate, plain
+from .init_weights import initialise
 from .optim import configure_reference_optimizer, reference_no_decay
-from .weights import initialise
-
-
-def _plain(cfg: Any) -> Any:
-    """DictConfig -> plain containers (Hydra passes DictConfig with ``_recursive_=False``)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return cfg
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
 
 
 def pretrainer_config(model: Mapping[str, Any]) -> dict[str, Any]:
     """Flatten the task's ``model`` section (``encoder`` + ``masking`` + options) to kwargs."""
-    model = dict(_plain(model))
+    model = dict(plain(model))
     flat = {**model.pop("encoder", {}), **model.pop("masking", {}), **model}
     return flat
 
@@ -43,14 +33,7 @@ def build_teachers_from_config(teachers: Any) -> nn.Module | None:
     """Instantiate a teachers config (``_target_``) or pass a built module through."""
     if teachers is None or isinstance(teachers, nn.Module):
         return teachers
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(teachers)
-    except InstantiationException as err:
-        # Hydra wraps the loader's error (e.g. which weight files to fetch); show that one.
-        raise (err.__cause__ or err) from None
+    return instantiate(teachers)
 
 
 class PretrainTask(pl.LightningModule):
@@ -86,8 +69,8 @@ class PretrainTask(pl.LightningModule):
         if self.teachers is not None:
             cfg.setdefault("img_dim", self.teachers.img_dim)
             cfg.setdefault("text_dim", self.teachers.text_dim)
-        self.optimizer_cfg = dict(_plain(optimizer) or {"lr": 5e-4, "weight_decay": 0.05})
-        self.scheduler_cfg = dict(_plain(scheduler) or {})
+        self.optimizer_cfg = dict(plain(optimizer) or {"lr": 5e-4, "weight_decay": 0.05})
+        self.scheduler_cfg = dict(plain(scheduler) or {})
         # The resolved model config goes into the checkpoint so downstream tasks can rebuild it.
         self.save_hyperparameters(
             {"model": cfg, "optimizer": self.optimizer_cfg, "scheduler": self.scheduler_cfg}

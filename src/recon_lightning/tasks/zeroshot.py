@@ -26,11 +26,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..checkpoints import read_state_dict
 from ..data.transforms import fps_then_subset
+from ..evaluation.results import build_results, write_json_atomic
 from ..models import ReConZeroShot, build_zeroshot
 from .config import encoder_kwargs, plain
-from .results import build_results, write_json_atomic
-from .svm_eval import EVAL_ONLY_MESSAGE, EvalOnlyMixin
-from .weights import initialise, projection_dims
+from .eval_only import EVAL_ONLY_MESSAGE, EvalOnlyMixin
+from .init_weights import initialise, projection_dims
 
 #: ``split`` values: which loaders are evaluated, in order.
 SPLITS: dict[str, tuple[str, ...]] = {"test": ("test",), "train+test": ("train", "test")}

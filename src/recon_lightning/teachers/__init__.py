@@ -16,7 +16,7 @@ from .preprocess import PREPROCESS_MODES, normalize_images
 from .prompts import NUM_PROMPTS, PREFIXES, SUFFIXES, all_prompts, prompt, sample_prompt_indices
 from .teachers import TEACHER_MODES, Teachers, build_teachers
 from .text import TEXT_TEACHERS, TextTeacher, build_text_teacher
-from .weights import WeightsNotFoundError, hf_hub_cache_dir
+from .weight_files import WeightsNotFoundError, hf_hub_cache_dir
 
 __all__ = [
     "IMAGE_TEACHERS",

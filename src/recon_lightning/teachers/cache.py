@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,8 +32,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..atomic_io import replace_atomic, write_json_atomic
 from .prompts import NUM_PROMPTS, sample_prompt_indices
-from .teachers import Teachers
+
+if TYPE_CHECKING:  # a type only: teachers.py imports this module for its cached mode
+    from .teachers import Teachers
 
 CACHE_VERSION = 1
 IMAGE_FILE = "image_features.npy"
@@ -48,10 +51,7 @@ class CacheMismatchError(ValueError):
 
 
 def _replace_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically: temporary file, then rename over ``path``."""
-    tmp = path.with_name(path.name + _PARTIAL)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, sort_keys=True)
 
 
 @contextmanager
@@ -177,8 +177,8 @@ def build_cache(
         text_mem.flush()
         del text_mem
 
-    os.replace(image_tmp, out / IMAGE_FILE)
-    os.replace(text_tmp, out / TEXT_FILE)
+    replace_atomic(image_tmp, out / IMAGE_FILE)
+    replace_atomic(text_tmp, out / TEXT_FILE)
     _replace_json(out / TEXT_INDEX_FILE, names)
     meta = {
         "version": CACHE_VERSION,

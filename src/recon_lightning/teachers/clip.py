@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer
 
-from .weights import (
+from .weight_files import (
     CacheFile,
     HubFile,
     StateDict,

@@ -42,7 +42,7 @@ from .preprocess import (
     normalize_images,
 )
 from .vit_keys import REPRESENTATION, to_timm
-from .weights import (
+from .weight_files import (
     CacheFile,
     HubFile,
     StateDict,

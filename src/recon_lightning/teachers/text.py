@@ -22,7 +22,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from .clip import CLIP_B32_TEXT, CLIP_B32_WEIGHTS, TINY_CLIP_TEXT, build_clip_text, clip_text_state
 from .frozen import FrozenModule
 from .prompts import NUM_PROMPTS, all_prompts, sample_prompt_indices
-from .weights import load_exact, read_state_dict, resolve_weights
+from .weight_files import load_exact, read_state_dict, resolve_weights
 
 TEXT_TEACHERS: tuple[str, ...] = ("clip_b32",)
 

@@ -24,7 +24,7 @@ import re
 
 import torch
 
-from .weights import StateDict, select_prefix, strip_prefix
+from .weight_files import StateDict, select_prefix, strip_prefix
 
 #: The representation ("pre-logits") layer's key prefix in the timm-layout dicts returned here.
 REPRESENTATION = "pre_logits.fc."

@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from .. import atomic_io
 
 #: Version of the layout above; bump when a key changes meaning.
 SCHEMA_VERSION = 1
@@ -55,28 +56,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as indented JSON so readers never see a half-written file.
-
-    The text goes to a temporary file in the same directory, is flushed to disk, and then
-    replaces ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
+    """Write ``data`` as indented JSON (tensors, numpy scalars and paths made plain) atomically.
 
     Returns:
         The written path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_io.write_json_atomic(path, _jsonable(data))
 
 
 def build_results(

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from recon_lightning.tasks.fewshot_report import (
+from recon_lightning.evaluation.fewshot_report import (
     Stat,
     collect,
     fewshot_markdown,
@@ -17,7 +17,7 @@ from recon_lightning.tasks.fewshot_report import (
     run_rows,
     to_csv,
 )
-from recon_lightning.tasks.results import build_results, read_results, write_json_atomic
+from recon_lightning.evaluation.results import build_results, read_results, write_json_atomic
 
 
 def fewshot_record(way: int, shot: int, fold: int, last: float, best: float) -> dict:

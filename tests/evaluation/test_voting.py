@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recon_lightning.data.transforms import fps_sample
-from recon_lightning.tasks.voting import RepeatedVoteAccuracy, vote_logits, vote_pool
+from recon_lightning.evaluation.voting import RepeatedVoteAccuracy, vote_logits, vote_pool
 from tasks.test_classification import cpu_trainer, tiny_data, tiny_task
 
 
