@@ -43,11 +43,13 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
     from ..callbacks import RunSummary
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=[*instantiate_group(cfg.get("callbacks")), RunSummary()],
-        logger=instantiate_group(cfg.get("logger")) or False,
-    )
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = [*instantiate_group(cfg.get("callbacks")), RunSummary()]
+    if not loggers:  # LearningRateMonitor refuses a trainer without a logger: nowhere to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     data_cfg = cfg.data
     if "total_bs" in data_cfg:
         data_cfg = data_cfg.copy()
