@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,9 +20,12 @@ from typing import Any
 import torch
 
 from ._hydra import compose_train, instantiate
+from .console import setup_console
+
+log = logging.getLogger("recon_lightning")
 
 
-def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int) -> float:
+def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int, name: str) -> float:
     """Linear-probe accuracy of ``encoder`` features, train split -> test split.
 
     The probe standardises each feature on the training split before a linear SVM: pretraining
@@ -30,15 +34,21 @@ def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int) -> float:
     """
     from torch.utils.data import DataLoader
 
+    from ..callbacks import track
+    from ..callbacks.progress import format_duration
     from ..data.transforms import fps_sample
     from ..evaluation.linear_svm import extract_features, linear_svm_accuracy
 
     def features(split: str):
         loader = DataLoader(datamodule.dataset(split), batch_size=64, shuffle=False)
-        return extract_features(encoder, loader, lambda p: fps_sample(p, datamodule.npoints))
+        batches = track(loader, f"{name}: features of the {split} split", total=len(loader))
+        return extract_features(encoder, batches, lambda p: fps_sample(p, datamodule.npoints))
 
     train, test = features("train"), features(datamodule.test_split)
-    return linear_svm_accuracy(train, test, seed=seed, standardize=True)
+    start = time.monotonic()
+    acc = linear_svm_accuracy(train, test, seed=seed, standardize=True)
+    log.info("%s: linear SVM fitted in %s", name, format_duration(time.monotonic() - start))
+    return acc
 
 
 def plot_reconstructions(model, points: torch.Tensor, path: Path) -> None:
@@ -107,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_epochs=2")
     args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:  # outside Hydra nobody has configured logging
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
+    setup_console()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("RECON_THREADS", torch.get_num_threads())))
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.table import Table
 
     from ..models import build_encoder
-    from .train import build
+    from .train import build, prepare_fit
 
     console = Console()
     cfg = compose_train(["experiment=demo", f"paths.output_dir={out}", *args.overrides])
@@ -123,14 +136,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer, datamodule, task = build(cfg)
     epochs = cfg.trainer.max_epochs
     console.print(f"[bold]Pretraining[/] ReCon-tiny on SyntheticShapes for {epochs} epochs")
+    prepare_fit(trainer, datamodule)
     trainer.fit(task, datamodule=datamodule)
     pretrain_s = time.time() - start
 
     probe_dm = instantiate(cfg.demo.probe_data)
-    pretrained_acc = probe_accuracy(task.model.encoder, probe_dm, cfg.seed)
+    console.print("[bold]Linear probes[/] of the pretrained and a random encoder")
+    pretrained_acc = probe_accuracy(task.model.encoder, probe_dm, cfg.seed, "pretrained")
     torch.manual_seed(cfg.seed)
     encoder_cfg = {k: v for k, v in task.hparams["model"].items() if k in _ENCODER_KEYS}
-    random_acc = probe_accuracy(build_encoder(**encoder_cfg), probe_dm, cfg.seed)
+    random_acc = probe_accuracy(build_encoder(**encoder_cfg), probe_dm, cfg.seed, "random")
 
     table = Table(title="Linear probe on held-out SyntheticShapes (standardised features, SVM)")
     table.add_column("encoder")
