@@ -18,6 +18,19 @@ DEVICES = [
 DTYPES = [torch.float32, torch.float64]
 
 
+def on_cuda(fn):
+    """The GPU tests: the ``cuda`` marker (``-m cuda`` selects them), skipped without a device."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    return pytest.mark.cuda(skip(fn))
+
+
+def grid_points(side: int, seed: int = 0) -> torch.Tensor:
+    """(1, side³, 3) float64 integer grid in a shuffled order: countless exact distance ties."""
+    g = torch.arange(side, dtype=torch.float64)
+    grid = torch.cartesian_prod(g, g, g)
+    return grid[torch.randperm(len(grid), generator=torch.Generator().manual_seed(seed))][None]
+
+
 def load_ops(official_dir: Path) -> dict:
     """The official operator vectors (``ops/data.pt``), tensors and plain containers only."""
     return torch.load(official_dir / "ops" / "data.pt", weights_only=True, map_location="cpu")

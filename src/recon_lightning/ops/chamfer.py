@@ -7,7 +7,11 @@ The nearest neighbours are found without autograd by a backend, then gathered, a
 distances recomputed with autograd: gradients are those of the reference kernel (ties to the lowest
 index) and memory stays O(B·(N+M)). Backends as for :func:`~recon_lightning.ops.knn.knn`; the
 numba one finds both directions in one sweep over the pairs for small sets (the patch case) and
-with its tree search (k=1) for larger ones. ``auto`` on CPU is ``numba``.
+with its tree search (k=1) for larger ones; the Triton one runs its fused running-minimum kernel
+once per direction. ``auto``: ``numba`` on CPU; on CUDA dense torch while the (B, N, M) distance
+matrix fits in ``_CUDA_DENSE_MAX_BYTES``, else ``keops``, else ``triton``, else ``torch``.
+Under autocast the distances are float32 (half-precision inputs are promoted, as autocast's own
+``cdist``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._backend import as_numpy, check_backend, require_cpu, with_keops_fallback
+from . import _triton
+from ._backend import (
+    as_numpy,
+    autocast_off,
+    check_backend,
+    dense_bytes,
+    full_precision,
+    require_cpu,
+    with_keops_fallback,
+    with_triton_fallback,
+)
 from ._checks import check_points, check_same_batch
 from ._parallel import ranges, run
 from .fps import gather_points
@@ -24,8 +38,11 @@ from .knn import knn_indices, knn_indices_torch
 #: numba backend: the fused both-direction sweep while both sets have <= _BRUTE_MAX_N points,
 #: else the tree search (measured crossover, docs/benchmarks-ops.md).
 _BRUTE_MAX_N = 512
+#: ``auto`` on CUDA: dense torch while the (B, N, M) distance matrix has at most this many bytes,
+#: KeOps or Triton above. Not measured yet (no GPU here); ``benchmarks/ops.py --device cuda``.
+_CUDA_DENSE_MAX_BYTES = 64 << 20
 
-CHAMFER_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops")
+CHAMFER_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops", "triton")
 
 
 def _nearest_numba(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,18 +76,33 @@ def nearest_indices(
     """
     if backend == "auto":
         if x.device.type == "cuda":
-            return with_keops_fallback(
-                "chamfer",
-                lambda: _nearest_by_knn(x, y, "keops"),
-                lambda: _nearest_by_knn(x, y, "torch"),
-            )
+            return _nearest_cuda(x, y)
         backend = "numba" if x.device.type == "cpu" else "torch"
     if backend == "numba":
         require_cpu("chamfer", backend, x)
         return _nearest_numba(x, y)
     if backend == "torch":
-        return knn_indices_torch(x, y, 1)[..., 0], knn_indices_torch(y, x, 1)[..., 0]
+        return _nearest_torch(x, y)
+    if backend == "triton":
+        _triton.require_triton("chamfer", x)
     return _nearest_by_knn(x, y, backend)
+
+
+def _nearest_torch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return knn_indices_torch(x, y, 1)[..., 0], knn_indices_torch(y, x, 1)[..., 0]
+
+
+def _nearest_cuda(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``auto`` on CUDA: dense torch for small jobs, else KeOps, else Triton, else torch."""
+    if dense_bytes(x, y) <= _CUDA_DENSE_MAX_BYTES:
+        return _nearest_torch(x, y)
+    return with_keops_fallback(
+        "chamfer",
+        lambda: _nearest_by_knn(x, y, "keops"),
+        lambda: with_triton_fallback(
+            "chamfer", lambda: _nearest_by_knn(x, y, "triton"), lambda: _nearest_torch(x, y)
+        ),
+    )
 
 
 def nearest_sq_dists(
@@ -80,19 +112,22 @@ def nearest_sq_dists(
 
     Args:
         pred: (B, N, 3); target: (B, M, 3).
-        backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"kdtree"`` or ``"keops"``.
+        backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"kdtree"``, ``"keops"`` or ``"triton"``.
 
     Returns:
-        ``(dist1, dist2)``: (B, N) for pred -> target and (B, M) for target -> pred.
+        ``(dist1, dist2)``: (B, N) for pred -> target and (B, M) for target -> pred; float32
+        under autocast when an input is half precision.
     """
     check_points("pred", pred)
     check_points("target", target)
+    pred, target = full_precision(pred, target)
     check_same_batch("pred", pred, "target", target)
     check_backend("chamfer", backend, CHAMFER_BACKENDS)
-    idx1, idx2 = nearest_indices(pred, target, backend)
-    idx1, idx2 = idx1.to(pred.device), idx2.to(pred.device)
-    d1 = (pred - gather_points(target, idx1)).square().sum(-1)
-    d2 = (target - gather_points(pred, idx2)).square().sum(-1)
+    with autocast_off(pred):
+        idx1, idx2 = nearest_indices(pred, target, backend)
+        idx1, idx2 = idx1.to(pred.device), idx2.to(pred.device)
+        d1 = (pred - gather_points(target, idx1)).square().sum(-1)
+        d2 = (target - gather_points(pred, idx2)).square().sum(-1)
     return d1, d2
 
 

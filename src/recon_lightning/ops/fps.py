@@ -11,7 +11,12 @@ Backends (``backend=``), index-identical to each other:
 * ``numba``: compiled, clouds spread over torch's threads; a vectorised plain loop for small
   jobs and, once n·N exceeds ``_TREE_MIN_WORK``, an exact FPS that skips the kd-tree leaves a new
   sample cannot change (``_fps_numba``). CPU.
-* ``auto``: ``numba`` on CPU, ``torch`` elsewhere.
+* ``triton``: one Triton program per cloud loops over the samples on the GPU (``_triton_fps``);
+  CUDA tensors, or any tensor under Triton's interpreter (``TRITON_INTERPRET=1``, tests).
+* ``auto``: ``numba`` on CPU; ``triton`` on CUDA (``torch`` if Triton cannot import or compile,
+  with one warning); ``torch`` elsewhere.
+
+Under autocast, half-precision coordinates are searched in float32 (``_backend.full_precision``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._backend import as_numpy, check_backend, require_cpu
+from . import _triton
+from ._backend import (
+    as_numpy,
+    autocast_off,
+    check_backend,
+    full_precision,
+    require_cpu,
+    with_triton_fallback,
+)
 from ._checks import check_count, check_points
 from ._parallel import ranges, run
 
@@ -32,7 +45,14 @@ SKIP_NORM_SQ = 1e-3
 _TREE_MIN_WORK = 1 << 22
 #: Points per leaf: 64 below 32k points per cloud, 128 from there (1.2x faster at 100k).
 _TREE_LEAF_SMALL, _TREE_LEAF_LARGE, _TREE_LEAF_SWITCH = 64, 128, 32768
-FPS_BACKENDS = ("auto", "torch", "numba")
+FPS_BACKENDS = ("auto", "torch", "numba", "triton")
+
+
+def _sq_norm(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) -> (...) ``x*x + y*y + z*z``, summed in this order on every device (a ``sum``
+    reduction may order its terms differently on a GPU), as the numba and Triton kernels do."""
+    sq = v * v
+    return sq[..., 0] + sq[..., 1] + sq[..., 2]
 
 
 def furthest_point_sample_torch(
@@ -55,12 +75,11 @@ def furthest_point_sample_torch(
     if skip_origin:
         # The kernel compares the float magnitude with the double literal 1e-3, so compare in
         # float64: a float32 threshold would round 1e-3 up and skip a point the kernel keeps.
-        eligible = (xyz * xyz).sum(-1).double() > SKIP_NORM_SQ
+        eligible = _sq_norm(xyz).double() > SKIP_NORM_SQ
     rows = torch.arange(b, device=xyz.device)
     last = torch.zeros(b, dtype=torch.long, device=xyz.device)
     for j in range(1, n):
-        diff = xyz - xyz[rows, last].unsqueeze(1)
-        d = (diff * diff).sum(-1)
+        d = _sq_norm(xyz - xyz[rows, last].unsqueeze(1))
         min_d = torch.minimum(min_d, d)
         score = torch.where(eligible, min_d, -1.0) if skip_origin else min_d
         # argmax returns the first maximal index: ties go to the lowest index. When no point is
@@ -107,7 +126,7 @@ def furthest_point_sample(
         n: number of samples, 1 <= n <= N.
         skip_origin: the reference kernel's skip of points with |p|² <= 1e-3 (default on); off
             gives plain FPS from point 0.
-        backend: ``"auto"``, ``"torch"`` or ``"numba"`` (module docstring).
+        backend: ``"auto"``, ``"torch"``, ``"numba"`` or ``"triton"`` (module docstring).
 
     Returns:
         (B, n) int64 indices on the device of ``xyz``.
@@ -115,12 +134,33 @@ def furthest_point_sample(
     check_points("xyz", xyz)
     n = check_count("n", n, xyz.shape[1], "N")
     check_backend("furthest_point_sample", backend, FPS_BACKENDS)
+    (xyz,) = full_precision(xyz)
+    with autocast_off(xyz):
+        return _dispatch(xyz, n, skip_origin, backend)
+
+
+def _dispatch(xyz: torch.Tensor, n: int, skip_origin: bool, backend: str) -> torch.Tensor:
+    """Dispatch to a backend (inputs validated)."""
     if backend == "auto":
-        backend = "numba" if xyz.device.type == "cpu" else "torch"
+        if xyz.device.type == "cpu":
+            backend = "numba"
+        elif xyz.device.type == "cuda":
+            return with_triton_fallback(
+                "furthest_point_sample",
+                lambda: _dispatch(xyz, n, skip_origin, "triton"),
+                lambda: furthest_point_sample_torch(xyz, n, skip_origin=skip_origin),
+            )
+        else:
+            backend = "torch"
     if backend == "numba":
         require_cpu("furthest_point_sample", backend, xyz)
         # float16/bfloat16 are searched in float32 (as_numpy); float32/float64 as given.
         return furthest_point_sample_numba(xyz, n, skip_origin=skip_origin)
+    if backend == "triton":
+        _triton.require_triton("furthest_point_sample", xyz)
+        from ._triton_fps import furthest_point_sample_triton
+
+        return furthest_point_sample_triton(xyz, n, skip_origin=skip_origin)
     return furthest_point_sample_torch(xyz, n, skip_origin=skip_origin)
 
 

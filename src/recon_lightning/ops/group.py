@@ -18,7 +18,8 @@ def group(
         num_group: number of FPS centers G (with the reference kernel's skip rule).
         group_size: neighbours per center k.
         backend: the kNN backend (``"auto"``, ``"torch"``, ``"numba"``, ``"kdtree"``,
-            ``"keops"``); FPS uses it too where FPS has it, else its own ``"auto"``.
+            ``"keops"``, ``"triton"``); FPS uses it too where FPS has it (``torch``, ``numba``,
+            ``triton``), else its own ``"auto"``.
 
     Returns:
         ``(neighborhood, center)``: (B, G, k, 3) coordinates relative to their center, nearest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ._backend import autocast_off, full_precision
 from ._checks import check_points, check_same_batch
 from .fps import gather_points
 from .knn import knn
@@ -15,16 +16,20 @@ def three_nn_interpolate(
     """Interpolate source features onto destination points.
 
     Weights are 1/(d² + 1e-8) on squared distances to the 3 nearest sources, normalised to sum 1.
+    Under autocast the search and the weights stay float32 (half coordinates are promoted); the
+    output has the dtype of ``features_src``, with or without autocast.
 
     Args:
         xyz_dst: (B, N, 3); xyz_src: (B, S, 3) with S >= 3; features_src: (B, S, C).
-        backend: the kNN backend (see :func:`~recon_lightning.ops.knn.knn`).
+        backend: the kNN backend (see :func:`~recon_lightning.ops.knn.knn`; ``"triton"`` runs
+            its fused 3-NN search).
 
     Returns:
         (B, N, C) interpolated features.
     """
     check_points("xyz_dst", xyz_dst)
     check_points("xyz_src", xyz_src)
+    xyz_dst, xyz_src = full_precision(xyz_dst, xyz_src)
     check_same_batch("xyz_dst", xyz_dst, "xyz_src", xyz_src)
     if features_src.dim() != 3 or features_src.shape[:2] != xyz_src.shape[:2]:
         raise ValueError(
@@ -37,11 +42,12 @@ def three_nn_interpolate(
         raise ValueError(
             f"features_src is on {features_src.device} but xyz_src on {xyz_src.device}"
         )
-    d2, idx = knn(xyz_dst, xyz_src, 3, backend=backend)
-    # Weights are constants, as in PointNet++'s three_interpolate (no gradient through three_nn).
-    w = 1.0 / (d2.detach() + 1e-8)
-    w = w / w.sum(-1, keepdim=True)
-    return _weighted_rows(features_src, idx, w)
+    with autocast_off(xyz_dst):
+        d2, idx = knn(xyz_dst, xyz_src, 3, backend=backend)
+        # Constant weights, as in PointNet++'s three_interpolate (no gradient through three_nn).
+        w = 1.0 / (d2.detach() + 1e-8)
+        w = w / w.sum(-1, keepdim=True)
+        return _weighted_rows(features_src, idx, w)
 
 
 def _weighted_rows(feat: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,16 @@ Backends (``backend=``):
   search in an O(N)-built Morton kd-tree (``_knn_numba``), clouds or queries spread over torch's
   threads.
 * ``kdtree``: pykdtree, one tree for the whole batch; CPU.
-* ``keops``: pykeops ``argKmin`` on a symbolic distance matrix; the GPU path.
-* ``auto``: CUDA -> ``keops`` (``torch`` if KeOps is unavailable, with one warning); CPU ->
-  ``numba``, which measured fastest at every benchmarked size (benchmarks/ops.py,
-  docs/benchmarks-ops.md); other devices -> ``torch``.
+* ``keops``: pykeops ``argKmin`` on a symbolic distance matrix; the first GPU path.
+* ``triton``: fused distance tiles and a register top-k (``_triton_knn``), k <= 512; CUDA
+  tensors, or any tensor under Triton's interpreter (``TRITON_INTERPRET=1``, tests).
+* ``auto``: CPU -> ``numba``, which measured fastest at every benchmarked size
+  (benchmarks/ops.py, docs/benchmarks-ops.md). CUDA -> ``torch`` while the dense (B, M, N)
+  distance matrix fits in ``_CUDA_DENSE_MAX_BYTES``, else ``keops``, else ``triton``, else
+  ``torch`` (one warning per backend that cannot load or compile). Other devices -> ``torch``.
+
+Under autocast, half-precision coordinates are searched in float32 and the dense path's matmul
+runs with autocast off (``_backend.full_precision``): a bfloat16 distance picks wrong neighbours.
 """
 
 from __future__ import annotations
@@ -22,7 +28,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._backend import as_numpy, check_backend, require_cpu, with_keops_fallback
+from . import _triton
+from ._backend import (
+    as_numpy,
+    autocast_off,
+    check_backend,
+    dense_bytes,
+    full_precision,
+    require_cpu,
+    with_keops_fallback,
+    with_triton_fallback,
+)
 from ._checks import check_count, check_points, check_same_batch
 from ._parallel import ranges, run, threads
 from .fps import gather_points
@@ -35,8 +51,12 @@ _BRUTE_MAX_N = 256
 _TREE_MIN_M = 16
 #: Points per leaf of the numba tree (32-64 measured flat).
 _TREE_LEAF = 32
+#: ``auto`` on CUDA: dense torch while the (B, M, N) distance matrix has at most this many bytes
+#: (a few kernels, nothing to compile), KeOps or Triton above. Not measured yet (no GPU here);
+#: ``benchmarks/ops.py --device cuda`` is the sweep that should set it.
+_CUDA_DENSE_MAX_BYTES = 64 << 20
 
-KNN_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops")
+KNN_BACKENDS = ("auto", "torch", "numba", "kdtree", "keops", "triton")
 
 
 def knn_indices_torch(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,7 +69,7 @@ def knn_indices_torch(query: torch.Tensor, points: torch.Tensor, k: int) -> torc
     n = points.shape[1]
     block = max(1, _TORCH_BLOCK_ELEMS // max(1, b * n))
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast_off(query):
         p_sq = (points * points).sum(-1).unsqueeze(1)  # (B, 1, N)
         for s in range(0, m, block):
             q = query[:, s : s + block]
@@ -94,11 +114,7 @@ def knn_indices(query: torch.Tensor, points: torch.Tensor, k: int, backend: str)
     """Neighbour indices (B, M, k) int64, nearest first, by the chosen backend (no validation)."""
     if backend == "auto":
         if query.device.type == "cuda":
-            return with_keops_fallback(
-                "knn",
-                lambda: knn_indices(query, points, k, "keops"),
-                lambda: knn_indices_torch(query, points, k),
-            )
+            return _knn_indices_cuda(query, points, k)
         backend = "numba" if query.device.type == "cpu" else "torch"
     if backend == "torch":
         return knn_indices_torch(query, points, k)
@@ -106,12 +122,36 @@ def knn_indices(query: torch.Tensor, points: torch.Tensor, k: int, backend: str)
         from ._keops import knn_indices_keops
 
         return knn_indices_keops(query, points, k)
+    if backend == "triton":
+        _triton.require_triton("knn", query)
+        from ._triton_knn import knn_indices_triton
+
+        return knn_indices_triton(query, points, k)
     require_cpu("knn", backend, query)
     if backend == "numba":
         return knn_indices_numba(query, points, k)
     from ._kdtree import knn_indices_kdtree
 
     return knn_indices_kdtree(query, points, k)
+
+
+def _knn_indices_cuda(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """``auto`` on CUDA: dense torch for small jobs, else KeOps, else Triton, else torch."""
+    if dense_bytes(query, points) <= _CUDA_DENSE_MAX_BYTES:
+        return knn_indices_torch(query, points, k)
+
+    def triton_or_torch() -> torch.Tensor:
+        if k > _triton.KNN_MAX_K:
+            return knn_indices_torch(query, points, k)
+        return with_triton_fallback(
+            "knn",
+            lambda: knn_indices(query, points, k, "triton"),
+            lambda: knn_indices_torch(query, points, k),
+        )
+
+    return with_keops_fallback(
+        "knn", lambda: knn_indices(query, points, k, "keops"), triton_or_torch
+    )
 
 
 def sq_dist_gathered(query: torch.Tensor, points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -133,16 +173,20 @@ def knn(
         query: (B, M, 3) query points.
         points: (B, N, 3) points searched.
         k: neighbours per query, 1 <= k <= N.
-        backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"kdtree"`` or ``"keops"`` (module doc).
+        backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"kdtree"``, ``"keops"`` or
+            ``"triton"`` (module doc).
 
     Returns:
         ``(sq_dists, idx)``, both (B, M, k), nearest first; ``sq_dists`` is differentiable in
-        ``query`` and ``points``. Near-ties may order differently across backends.
+        ``query`` and ``points`` (float32 under autocast for half inputs). Near-ties may order
+        differently across backends.
     """
     check_points("query", query)
     check_points("points", points)
+    query, points = full_precision(query, points)
     check_same_batch("query", query, "points", points)
     k = check_count("k", k, points.shape[1], "N")
     check_backend("knn", backend, KNN_BACKENDS)
-    idx = knn_indices(query, points, k, backend)
-    return sq_dist_gathered(query, points, idx), idx
+    with autocast_off(query):
+        idx = knn_indices(query, points, k, backend)
+        return sq_dist_gathered(query, points, idx), idx
