@@ -1,6 +1,17 @@
 """Lightning callbacks shared by every task: progress that suits the console, the run summary."""
 
+from .grad_norm import GradNormMonitor
 from .progress import LineProgressBar, auto_progress_bar, is_interactive, track
+from .reconstructions import ReconstructionLogger, plot_reconstructions
 from .run_summary import RunSummary
 
-__all__ = ["LineProgressBar", "RunSummary", "auto_progress_bar", "is_interactive", "track"]
+__all__ = [
+    "GradNormMonitor",
+    "LineProgressBar",
+    "ReconstructionLogger",
+    "RunSummary",
+    "auto_progress_bar",
+    "is_interactive",
+    "plot_reconstructions",
+    "track",
+]

@@ -51,40 +51,6 @@ def probe_accuracy(encoder: torch.nn.Module, datamodule, seed: int, name: str) -
     return acc
 
 
-def plot_reconstructions(model, points: torch.Tensor, path: Path) -> None:
-    """Input, visible patches and predicted masked patches of a few clouds, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    model.eval()
-    rec = model.reconstruct(points)
-    n = points.shape[0]
-    fig = plt.figure(figsize=(9, 3 * n))
-    for i in range(n):
-        visible = rec.visible_points()[i].reshape(-1, 3).cpu()
-        predicted = rec.predicted_points()[i].reshape(-1, 3).cpu()
-        panels = [
-            ("input", points[i].cpu(), "tab:gray"),
-            ("visible patches", visible, "tab:blue"),
-            ("visible + predicted", torch.cat([visible, predicted]), None),
-        ]
-        for j, (title, pts, color) in enumerate(panels):
-            ax = fig.add_subplot(n, 3, 3 * i + j + 1, projection="3d")
-            if color is None:
-                ax.scatter(*visible.T, s=1, c="tab:blue")
-                ax.scatter(*predicted.T, s=1, c="tab:red")
-            else:
-                ax.scatter(*pts.T, s=1, c=color)
-            ax.set_title(title, fontsize=9)
-            ax.set_axis_off()
-            ax.view_init(elev=20, azim=-60)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def plot_losses(metrics_csv: Path, path: Path) -> None:
     """Training loss terms per step from the CSV logger."""
     import matplotlib
@@ -155,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(table)
 
     batch = next(iter(datamodule.val_dataloader()))
+    from ..callbacks import plot_reconstructions
+
     plot_reconstructions(task.model, batch["points"][:4], out / "reconstructions.png")
     metrics_csv = next(out.rglob("metrics.csv"), None)
     if metrics_csv is not None:

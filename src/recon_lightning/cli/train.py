@@ -84,6 +84,37 @@ def prepare_fit(trainer: Any, datamodule: Any) -> int | None:
     return batches
 
 
+def resolve_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: ``resume=PATH``, or with ``resume=auto`` (the default) the
+    run folder's own ``checkpoints/last.ckpt`` when there is one (a requeued SLURM job, a
+    restarted command with the same ``hydra.run.dir``), else None (a fresh run).
+    """
+    resume = cfg.get("resume")
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resume=auto: continuing from %s (resume=null starts afresh)", last)
+            return str(last)
+        return None
+    if not Path(str(resume)).is_file():
+        raise FileNotFoundError(
+            f"resume={resume} does not exist; pass a Lightning checkpoint of this run "
+            "(e.g. <run folder>/checkpoints/last.ckpt), resume=auto or resume=null"
+        )
+    return str(resume)
+
+
+def log_resolved_config(trainer: Any, cfg: DictConfig) -> None:
+    """Send the whole resolved config to every logger (wandb config, hparams.yaml, TensorBoard)."""
+    if not trainer.loggers:
+        return
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": resolved})
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) the configured task; returns the final metrics."""
     start = time.time()
@@ -93,8 +124,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(task, EvalOnlyMixin):  # say so before Lightning starts a loop
         raise ValueError(EVAL_ONLY_MESSAGE.format(name=task.task_name))
     if cfg.get("train", True):
+        resume = resolve_resume(cfg)
         prepare_fit(trainer, datamodule)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("resume"))
+        log_resolved_config(trainer, cfg)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", False):
         for row in trainer.test(task, datamodule=datamodule, weights_only=False):
