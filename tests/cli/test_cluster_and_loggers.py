@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from hydra_helpers import CONF, TINY_MODEL, TINY_PRETRAIN, compose_cfg, run_cli
 from recon_lightning.cli import resolvers
 from recon_lightning.cli.train import run
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY = [
-    "encoder.trans_dim=32",
-    "encoder.depth=1",
-    "encoder.num_heads=2",
-    "encoder.num_group=8",
-    "encoder.group_size=8",
-    "encoder.decoder_depth=1",
-    "encoder.decoder_num_heads=2",
-    "data.num_workers=0",
+    *TINY_MODEL,
     "data.train_size=8",
     "data.val_size=4",
     "data.test_size=4",
     "data.total_bs=4",
 ]
-PRETRAIN = [*TINY, "data.npoints=128", "data.num_points=256", "teachers=random"]
+PRETRAIN = [*TINY_PRETRAIN, *TINY[len(TINY_MODEL) :]]
 FINETUNE = [
     *TINY,
     "experiment=finetune_scan_objbg",
@@ -46,20 +37,11 @@ FINETUNE = [
 
 
 def _compose(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose_cfg(overrides)
 
 
 def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "recon-train"), *args],
-        cwd=cwd,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_cli("recon-train", args, cwd, **env)
 
 
 def test_run_id_follows_the_slurm_job(monkeypatch):

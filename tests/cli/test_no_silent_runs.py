@@ -7,41 +7,21 @@ Issue: a 40-shape ShapeNet-55 folder with the global batch of 128 trained zero s
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
+from hydra_helpers import TINY_PRETRAIN, compose_cfg, run_cli
 from recon_lightning.cli.train import run
 from recon_lightning.data.base import available_cpus, require_full_batch, resolve_num_workers
 from recon_lightning.data.synthetic import SyntheticShapesDataModule
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-TINY = [
-    "encoder.trans_dim=32",
-    "encoder.depth=1",
-    "encoder.num_heads=2",
-    "encoder.num_group=8",
-    "encoder.group_size=8",
-    "encoder.decoder_depth=1",
-    "encoder.decoder_num_heads=2",
-    "data.num_workers=0",
-    "data.npoints=128",
-    "data.num_points=256",
-    "teachers=random",
-    "callbacks=none",
-    "logger=none",
-]
+TINY = [*TINY_PRETRAIN, "callbacks=none", "logger=none"]
 
 
 def _compose(overrides: list[str], name: str = "train"):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+    return compose_cfg(overrides, name)
 
 
 def test_require_full_batch_names_split_counts_devices_and_the_way_out():
@@ -123,15 +103,7 @@ def test_fit_logs_one_summary_line(tmp_path, caplog):
 
 
 def _cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "recon-train"
-    return subprocess.run(
-        [str(script), *args],
-        cwd=tmp_path,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("recon-train", args, tmp_path, **env)
 
 
 def test_console_prints_each_line_once_with_progress_lines_in_a_pipe(tmp_path):
