@@ -158,6 +158,9 @@ def test_recon_report_writes_tables(tmp_path, capsys):
     assert (tmp_path / "report" / "report.md").read_text() == printed
     csv_lines = (tmp_path / "report" / "fewshot.csv").read_text().splitlines()
     assert csv_lines[1].startswith("5-way 10-shot,5,10,last_epoch_acc,last epoch,2,2,92.0,2.0")
-    assert not (tmp_path / "report" / "runs.csv").exists()
+    assert len((tmp_path / "report" / "runs.csv").read_text().splitlines()) == 1 + 2  # each run
+    per_config = (tmp_path / "report" / "report.csv").read_text().splitlines()
+    assert len(per_config) == 1 + 1 and per_config[1].startswith("fewshot,,classification")
+    assert (tmp_path / "report" / "report.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         report_cli.main([str(tmp_path / "report")])  # no results.json there

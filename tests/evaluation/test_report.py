@@ -1,4 +1,4 @@
-"""results.json writing and the few-shot / per-config aggregation on known numbers."""
+"""results.json writing and the few-shot view of the report on known numbers."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import os
 
 import pytest
 
-from recon_lightning.evaluation.fewshot_report import (
-    Stat,
-    collect,
+from recon_lightning.evaluation.report import (
+    NoRunsError,
+    build_report,
     fewshot_markdown,
-    fewshot_rows,
-    report,
-    run_rows,
-    to_csv,
+    fewshot_table,
+    fmt_mean_std,
+    load_runs,
+    summarise,
 )
 from recon_lightning.evaluation.results import build_results, read_results, write_json_atomic
 
@@ -52,13 +52,10 @@ def test_build_results_requires_headline_and_round_trips(tmp_path):
         read_results(tmp_path / "bad.json")
 
 
-def test_stat_mean_and_std():
-    s = Stat([90.0, 92.0, 94.0, 96.0])
-    assert s.mean == 93.0
-    assert s.std == pytest.approx(math.sqrt(5.0))  # population std (ddof 0)
-    assert Stat([90.0, 92.0, 94.0, 96.0], ddof=1).std == pytest.approx(math.sqrt(20 / 3))
-    assert s.fmt() == "93.0 ± 2.2"
-    assert Stat([]).fmt() == "–" and Stat([5.0], ddof=1).fmt() == "5.0"
+def test_fmt_mean_std():
+    assert fmt_mean_std(93.0, math.sqrt(5.0), 4, 1) == "93.0 ± 2.2"
+    assert fmt_mean_std(5.0, 0.0, 1, 1) == "5.0"  # one value: no spread to quote
+    assert fmt_mean_std(math.nan, math.nan, 0) == "–"
 
 
 def test_fewshot_mean_std_over_folds(tmp_path):
@@ -70,39 +67,41 @@ def test_fewshot_mean_std_over_folds(tmp_path):
     for i, (fold, last) in enumerate([(0, 80.0), (1, 90.0), (1, 94.0)]):
         record = fewshot_record(10, 20, fold, last, last + 1)
         write_json_atomic(tmp_path / f"10way_20shot/run{i}/results.json", record)
-    rows = fewshot_rows(collect(tmp_path))
-    by = {(r["setting"], r["metric"]): r for r in rows}
+    table = fewshot_table(load_runs(tmp_path))
+    by = {(r.setting, r.metric): r for r in table.itertuples()}
     a = by[("5-way 10-shot", "last_epoch_acc")]
-    assert (a["n_folds"], a["n_runs"]) == (10, 10)
-    assert a["mean"] == pytest.approx(94.5) and a["std"] == pytest.approx(math.sqrt(8.25))
+    assert (a.n_folds, a.n_runs) == (10, 10)
+    assert a.mean == pytest.approx(94.5) and a.std == pytest.approx(math.sqrt(8.25))
     b = by[("10-way 20-shot", "last_epoch_acc")]
-    assert (b["n_folds"], b["n_runs"]) == (2, 3)
-    assert b["mean"] == pytest.approx(86.0) and b["std"] == pytest.approx(6.0)
-    assert by[("10-way 20-shot", "best_epoch_acc_test_selected")]["mean"] == pytest.approx(87.0)
-    table = fewshot_markdown(rows)
-    assert table.splitlines()[0] == "| ModelNet40 few-shot | 5-way 10-shot | 10-way 20-shot |"
-    assert "| last epoch | 94.5 ± 2.9 | 86.0 ± 6.0 (n=2/10) |" in table
-    assert "best epoch, test-selected (reference)" in table
-    csv_text = to_csv(rows)
-    assert csv_text.splitlines()[0] == "setting,way,shot,metric,label,n_folds,n_runs,mean,std"
-    assert len(csv_text.splitlines()) == 1 + len(rows)
+    assert (b.n_folds, b.n_runs) == (2, 3)
+    assert b.mean == pytest.approx(86.0) and b.std == pytest.approx(6.0)
+    assert by[("10-way 20-shot", "best_epoch_acc_test_selected")].mean == pytest.approx(87.0)
+    assert (table["group"] == "").all()  # one configuration
+    text = fewshot_markdown(table)
+    assert text.splitlines()[0] == "| ModelNet40 few-shot | 5-way 10-shot | 10-way 20-shot |"
+    assert "| last epoch | 94.5 ± 2.9 | 86.0 ± 6.0 (n=2/10) |" in text
+    assert "best epoch, test-selected (reference)" in text
 
 
 def test_paper_column_order_and_other_runs(tmp_path):
-    records = [fewshot_record(w, s, 0, 50.0, 60.0) for w, s in [(10, 20), (5, 20), (5, 10)]]
-    settings = list(dict.fromkeys(r["setting"] for r in fewshot_rows(records)))
+    for i, (w, s) in enumerate([(10, 20), (5, 20), (5, 10)]):
+        write_json_atomic(tmp_path / f"fs{i}/results.json", fewshot_record(w, s, 0, 50.0, 60.0))
+    for seed, v in enumerate((92.0, 94.0)):
+        record = build_results(
+            "svm", {"config_name": "svm_modelnet40", "seed": seed}, {"svm_acc": v}, "svm_acc"
+        )
+        write_json_atomic(tmp_path / f"svm{seed}/results.json", record)
+    runs = load_runs(tmp_path)
+    settings = list(dict.fromkeys(fewshot_table(runs)["setting"]))
     assert settings == ["5-way 10-shot", "5-way 20-shot", "10-way 20-shot"]
-    svm = [
-        build_results("svm", {"config_name": "svm_modelnet40"}, {"svm_acc": v}, "svm_acc")
-        for v in (92.0, 94.0)
-    ]
-    (row,) = run_rows(records + svm)
-    assert (row["config_name"], row["metric"], row["n_runs"]) == ("svm_modelnet40", "svm_acc", 2)
-    assert row["mean"] == pytest.approx(93.0) and row["cell"] == "93.00 ± 1.00"
+    summary = summarise(runs)
+    (row,) = summary[summary.config_name == "svm_modelnet40"].itertuples()
+    assert (row.metric, row.n_runs, row.over, row.seeds) == ("svm_acc", 2, "seeds", "0,1")
+    assert row.mean == pytest.approx(93.0) and row.std == pytest.approx(1.0) and row.best == 94.0
 
 
 def test_report_of_empty_and_missing_folders(tmp_path):
-    out = report(tmp_path)
-    assert out["records"] == [] and out["fewshot_rows"] == [] and out["run_rows"] == []
-    with pytest.raises(FileNotFoundError):
-        report(tmp_path / "nope")
+    with pytest.raises(NoRunsError, match="no results.json found under"):
+        build_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report(tmp_path / "nope")

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except (FileNotFoundError, ValueError, KeyError) as err:
         # Missing folder, no runs, a malformed file or an unknown --metric: one line, no trace.
-        parser.error(str(err).strip("'\""))
+        parser.error(str(err.args[0]) if isinstance(err, KeyError) else str(err))
     write_report(report, args.out or args.dir, plot=not args.no_plot)
     print(report.markdown, end="")
 

@@ -10,6 +10,7 @@ from .errors import DatasetNotFoundError, MalformedDatasetError
 from .image_transforms import EvalImageTransform, PretrainImageTransform
 from .modelnet import ModelNet, ModelNetDataModule
 from .modelnet_fewshot import ModelNetFewshot, ModelNetFewshotDataModule, make_fewshot_splits
+from .point_folder import PointFolder, PointFolderDataModule, read_ply, read_point_file, write_ply
 from .scanobjectnn import ScanObjectNN, ScanObjectNNDataModule
 from .shapenet55 import ShapeNet55, ShapeNet55DataModule
 from .shapenetpart import ShapeNetPart, ShapeNetPartDataModule
@@ -24,6 +25,8 @@ __all__ = [
     "ModelNetFewshot",
     "ModelNetFewshotDataModule",
     "PointCloudDataModule",
+    "PointFolder",
+    "PointFolderDataModule",
     "PretrainImageTransform",
     "ScanObjectNN",
     "ScanObjectNNDataModule",
@@ -34,4 +37,7 @@ __all__ = [
     "SyntheticShapes",
     "SyntheticShapesDataModule",
     "make_fewshot_splits",
+    "read_ply",
+    "read_point_file",
+    "write_ply",
 ]
