@@ -12,6 +12,7 @@ from omegaconf import open_dict
 from recon_lightning.data import (
     ModelNetDataModule,
     ModelNetFewshotDataModule,
+    PointFolderDataModule,
     ScanObjectNNDataModule,
     ShapeNet55DataModule,
     ShapeNetPartDataModule,
@@ -57,6 +58,7 @@ EXPECTED = {
         "shapenetcore_partanno_segmentation_benchmark_v0_normal",
         {"npoints": 2048},
     ),
+    "point_folder": (PointFolderDataModule, "point_folder", {"npoints": 1024}),
 }
 #: The reference's total_bs per dataset.
 TOTAL_BS = {"shapenet55": 128, "shapenetpart": 16}
