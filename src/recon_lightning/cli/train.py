@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,50 @@ def per_device_batch(total_bs: int, world_size: int) -> int:
     return total_bs // world_size
 
 
+def check_sync_batchnorm(trainer: Any, enabled: bool) -> None:
+    """Refuse ``trainer.sync_batchnorm`` on CPU processes: torch's SyncBatchNorm runs on GPUs only.
+
+    Without this check the run would start and fail at the first training forward.
+    """
+    if enabled and trainer.world_size > 1 and trainer.strategy.root_device.type == "cpu":
+        raise ValueError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); "
+            "use trainer.sync_batchnorm=false with trainer=ddp_cpu"
+        )
+
+
 def build(cfg: DictConfig) -> tuple[Any, Any, Any]:
-    """Instantiate ``(trainer, datamodule, task)`` from a composed config."""
+    """Instantiate ``(trainer, datamodule, task)`` from a composed config.
+
+    Seeding: ``seed_everything(seed)`` here, before the model exists, so that every DDP process
+    (each one runs this function) initialises identical weights; from then on
+    :class:`~recon_lightning.distributed.RankSeeding` gives each rank its own stream of
+    ``(seed, rank, batches done)`` (see :mod:`recon_lightning.distributed`). Checkpoints are
+    written atomically, and a SIGTERM stops every rank at the same batch and saves ``last.ckpt``
+    (see :mod:`recon_lightning.callbacks.checkpointing`).
+    """
     import lightning.pytorch as pl
 
-    from ..callbacks import RunSummary
+    from ..callbacks import AtomicCheckpointIO, CheckpointOnSigterm, RunSummary
+    from ..distributed import RankSeeding
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     loggers = instantiate_group(cfg.get("logger"))
-    callbacks = [*instantiate_group(cfg.get("callbacks")), RunSummary()]
+    callbacks = [
+        *instantiate_group(cfg.get("callbacks")),
+        RunSummary(),
+        RankSeeding(cfg.seed),
+        CheckpointOnSigterm(),
+    ]
     if not loggers:  # LearningRateMonitor refuses a trainer without a logger: nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra: dict[str, Any] = {}
+    if cfg.trainer.get("plugins") is None:  # a config's own plugins (checkpoint IO) win
+        extra["plugins"] = [AtomicCheckpointIO()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+    check_sync_batchnorm(trainer, bool(cfg.trainer.get("sync_batchnorm", False)))
     data_cfg = cfg.data
     if "total_bs" in data_cfg:
         data_cfg = data_cfg.copy()
@@ -143,12 +174,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+#: Exit status after a SIGTERM stopped training (128 + 15, what a shell reports for a process
+#: ended by SIGTERM): the run saved its state but did not finish.
+SIGTERM_EXIT_STATUS = 143
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     setup_console()
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except SIGTERMException:
+        log.warning("stopped by SIGTERM; exit status %d", SIGTERM_EXIT_STATUS)
+        sys.exit(SIGTERM_EXIT_STATUS)
     log.info("final metrics: %s", json.dumps(metrics, indent=1))
 
 

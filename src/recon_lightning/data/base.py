@@ -31,6 +31,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..distributed import eval_loader, train_loader
 from .transforms import (
     BatchTransform,
     fps_sample,
@@ -195,27 +196,35 @@ class PointCloudDataModule(L.LightningDataModule, ABC):
             self.dataset(self.test_split)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(
+        # Samplers that know the world size: training shuffles like DistributedSampler (and
+        # resumes mid-epoch), evaluation splits the data over the ranks without padding so that
+        # every sample is counted once; see recon_lightning.distributed.
+        make = train_loader if train else eval_loader
+        return make(
             self.dataset(split),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            # The reference drops the last partial batch in training only.
-            drop_last=train,
+            trainer=self.trainer,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training loader, last partial batch dropped."""
+        """Shuffled training loader, last partial batch dropped; items seeded per epoch and index.
+
+        The shuffle is ``DistributedSampler``'s (``seed + epoch``, split over the ranks), each
+        item's random draws come from ``(seed, epoch, index)``
+        (:class:`~recon_lightning.distributed.EpochSeededDataset`), and Lightning checkpoints
+        the loader's position, so a resumed run sees the data an uninterrupted one would.
+        """
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Loader over :attr:`val_split`, in order."""
+        """Loader over :attr:`val_split`, in order; each rank a disjoint, unpadded slice."""
         return self._loader(self.val_split, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Loader over :attr:`test_split`, in order."""
+        """Loader over :attr:`test_split`, in order; each rank a disjoint, unpadded slice."""
         return self._loader(self.test_split, train=False)
 
     def _is_training(self) -> bool:

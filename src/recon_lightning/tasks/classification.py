@@ -197,12 +197,32 @@ class ClassificationTask(pl.LightningModule):
         label = batch["label"].reshape(-1)
         loss = F.cross_entropy(logits, label)
         self.train_acc.update(logits.argmax(-1), label)
-        self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0], sync_dist=True)
+        # Per step: this rank's loss, no collective; per epoch: the mean over every step of every
+        # rank, reduced once at the epoch's end.
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log(
+            "train/loss_epoch",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=label.shape[0],
+            sync_dist=True,
+        )
         return loss
+
+    def _log_global(self, name: str, value: float, prog_bar: bool = False) -> None:
+        """Log a value that is already the same on every rank (a synced torchmetrics result).
+
+        ``sync_dist`` with ``max`` keeps it bit-exact (no averaging round-off) and spares
+        Lightning's warning about unsynced epoch-level logs under DDP; one tiny all-reduce per
+        epoch.
+        """
+        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     def on_train_epoch_end(self) -> None:
         # Percent, like every accuracy this package logs (the reference prints percentages).
-        self.log("train/acc", 100.0 * float(self.train_acc.compute()), sync_dist=False)
+        # torchmetrics sums the counts of every rank in compute(): one reduction per epoch.
+        self._log_global("train/acc", 100.0 * float(self.train_acc.compute()))
         self.train_acc.reset()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -210,15 +230,17 @@ class ClassificationTask(pl.LightningModule):
         self.val_acc.update(logits.argmax(-1), batch["label"].reshape(-1))
 
     def on_validation_epoch_end(self) -> None:
-        acc = 100.0 * float(self.val_acc.compute())  # synced over DDP ranks
+        # Synced over DDP ranks: correct and total counts are summed. With the unpadded
+        # evaluation sampler every sample is counted once on any number of devices.
+        acc = 100.0 * float(self.val_acc.compute())
         self.val_acc.reset()
         if self.trainer.sanity_checking:
             return
         self.val_history.append((int(self.current_epoch), acc))
         best_epoch, best = self.best_epoch()
-        self.log("val/acc", acc, prog_bar=True, sync_dist=False)
-        self.log("val/acc_best", best, sync_dist=False)
-        self.log("val/acc_best_epoch", float(best_epoch), sync_dist=False)
+        self._log_global("val/acc", acc, prog_bar=True)
+        self._log_global("val/acc_best", best)
+        self._log_global("val/acc_best_epoch", float(best_epoch))
 
     def best_epoch(self) -> tuple[int, float]:
         """``(epoch, accuracy %)`` of the best validation epoch so far (earliest on ties)."""
@@ -274,7 +296,7 @@ class ClassificationTask(pl.LightningModule):
             metrics["test/vote_acc_mean_over_repeats"] = float(accs.mean())
         self.test_metrics = metrics
         for name, value in metrics.items():
-            self.log(name, value, sync_dist=False)
+            self._log_global(name, value)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         """(B, cls_dim) logits of an evaluation batch."""

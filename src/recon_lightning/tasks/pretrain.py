@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from ..checkpoints.keymap import to_official
 from ..models import ReConPretrainer, build_pretrainer
@@ -50,6 +51,14 @@ class PretrainTask(pl.LightningModule):
         ckpt_path: weights to start from (the reference's ``--start_ckpts``): our pretraining
             ``.ckpt`` or an official pretraining checkpoint; the model only, with a fresh
             optimiser and schedule (use ``resume=`` to continue a run instead).
+
+    Under DDP every trainable parameter is in every step's graph, so DDP runs with
+    ``find_unused_parameters=False`` (no graph search each step) and without ``static_graph``.
+    Without SMC the ``cls`` query feeds no loss, but the three queries travel through the
+    encoder as one tensor: ``cls_token`` and ``cls_pos`` get an all-zero gradient, not ``None``,
+    exactly as in the reference, and AdamW leaves them unchanged (zero moments, no decay on
+    queries). The frozen teachers (``requires_grad=False``) are outside DDP's reducer.
+    ``tests/distributed`` checks that every trainable parameter gets a gradient.
     """
 
     #: Item format this task needs from a DataModule that can serve several (SyntheticShapes).
@@ -79,6 +88,17 @@ class PretrainTask(pl.LightningModule):
         self.init_report = initialise(self.model, ckpt_path, "pretrain")
         if self.init_report is not None and not self.init_report.loaded:
             raise ValueError(f"ckpt_path={ckpt_path} holds no weights of the pretraining model")
+        # Validation means as sums of (loss x samples) and of samples over every rank: the
+        # unpadded evaluation sampler gives ranks uneven slices, and Lightning's ``sync_dist``
+        # mean truncates the rank-averaged sample count to an integer, which skews such means.
+        # Metric states are not persistent: checkpoints keep the model's keys only.
+        self.val_losses = nn.ModuleDict({name: MeanMetric() for name in self.loss_names()})
+
+    def loss_names(self) -> list[str]:
+        """The loss terms this model computes: ``total``, ``chamfer`` and the enabled ones."""
+        optional = {"img": self.model.img_proj, "text": self.model.text_proj}
+        optional["smc"] = self.model.cls_proj
+        return ["total", "chamfer", *(name for name, head in optional.items() if head is not None)]
 
     def forward(self, points: torch.Tensor):
         """Encoder features of ``points`` (B, N, 3) -> ``EncoderOutput`` (no masking)."""
@@ -97,19 +117,26 @@ class PretrainTask(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
         bs = batch["points"].shape[0]
-        self.log("train/loss", losses["total"], prog_bar=True, batch_size=bs, sync_dist=True)
         for name, value in losses.items():
-            if name != "total":
-                self.log(f"train/{name}", value, batch_size=bs, sync_dist=True)
+            key = "train/loss" if name == "total" else f"train/{name}"
+            # Per step: this rank's value, no collective (``sync_dist`` on a step log would cost
+            # one all-reduce per metric per step). Per epoch: the mean over every step of every
+            # rank, reduced once when the epoch ends.
+            self.log(key, value, prog_bar=name == "total", on_step=True, on_epoch=False)
+            self.log(
+                f"{key}_epoch", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True
+            )
         return losses["total"]
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         losses = self._losses(batch)
         bs = batch["points"].shape[0]
         for name, value in losses.items():
-            self.log(
-                f"val/{'loss' if name == 'total' else name}", value, batch_size=bs, sync_dist=True
-            )
+            metric = self.val_losses[name]
+            metric.update(value.detach(), weight=bs)
+            # Epoch-level only: torchmetrics sums over the ranks once, when the epoch ends.
+            key = f"val/{'loss' if name == 'total' else name}"
+            self.log(key, metric, on_step=False, on_epoch=True, batch_size=bs)
 
     def configure_optimizers(self) -> dict[str, Any]:
         # The reference's no-decay rule reads its own parameter names: map ours back first.
