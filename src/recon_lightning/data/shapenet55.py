@@ -23,13 +23,14 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..distributed import run_seed, world_and_rank
 from .base import PointCloudDataModule
 from .errors import (
     DatasetNotFoundError,
@@ -39,8 +40,18 @@ from .errors import (
     require_dir,
 )
 from .image_transforms import EvalImageTransform, ImageTransform, PretrainImageTransform
+from .on_device import (
+    OnDeviceTrainLoader,
+    PointStore,
+    ensure_point_cache,
+    load_point_store,
+    point_cache_dirs,
+)
 from .shapenet_synsets import SHAPENET55_SYNSETS
 from .transforms import normalize_unit_sphere_np
+
+if TYPE_CHECKING:  # a type only: importing the teachers package at module load is slow
+    from ..teachers.cache import CachedTeachers
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +306,13 @@ class ShapeNet55DataModule(PointCloudDataModule):
     first); validation/test read ``test.txt`` with the deterministic image resize. Training
     clouds are rotated about y on the device.
 
+    With ``on_device=True`` training takes the on-device path of :mod:`.on_device`: the stored
+    clouds of the training split stay on the training device, the training loader yields
+    index batches and :meth:`on_after_batch_transfer` builds each batch there (random subset,
+    normalisation, rotation); the batches have no ``image``, so the teachers must be
+    ``CachedTeachers`` (``teachers=cached``), whose features are put on the same device.
+    Validation and test keep the DataLoader path.
+
     Args:
         root: the ``ShapeNet55-34`` folder (``${paths.data_dir}/ShapeNet55-34``).
         npoints: points per cloud (1024).
@@ -307,6 +325,15 @@ class ShapeNet55DataModule(PointCloudDataModule):
         batch_size: 128 in the reference.
         eval_batch_size, num_workers, pin_memory, persistent_workers, train_transform: see
             :class:`~recon_lightning.data.base.PointCloudDataModule`.
+        on_device: keep the training clouds and the cached teacher features on the training
+            device and build training batches there (no workers, no per-step copy); needs
+            ``teachers=cached``. False: the reference's DataLoader path.
+        on_device_points: with ``on_device``, keep only this many points per shape (at least
+            ``npoints``), drawn once at load time with the run's seed: less device memory, but a
+            smaller pool for the per-step subsets than the reference's 8192 (a deviation).
+            None: all stored points.
+        cache_dir: with ``on_device``, folder for the stacked ``.npy`` of the training clouds;
+            None: ``root/.recon_cache``, or a per-user folder when ``root`` is read-only.
     """
 
     dataset_name = "shapenet55"
@@ -326,7 +353,15 @@ class ShapeNet55DataModule(PointCloudDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         train_transform: str = "rotate_y",
+        on_device: bool = False,
+        on_device_points: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if on_device_points is not None and on_device_points < npoints:
+            raise ValueError(
+                f"data.on_device_points={on_device_points} must be at least "
+                f"data.npoints={npoints} (each step draws npoints of the kept points)"
+            )
         super().__init__(
             mode="pretrain",
             npoints=npoints,
@@ -343,6 +378,10 @@ class ShapeNet55DataModule(PointCloudDataModule):
         self.text_file = text_file
         self.texts_fallback = texts_fallback
         self._categories: list[tuple[str, str]] | None = None
+        self.on_device = bool(on_device)
+        self.on_device_points = None if on_device_points is None else int(on_device_points)
+        self.cache_dir = cache_dir
+        self._point_store: PointStore | None = None
 
     def build_dataset(self, split: str) -> ShapeNet55:
         """``train``: the (whole) training list; ``test``: the test list."""
@@ -356,6 +395,99 @@ class ShapeNet55DataModule(PointCloudDataModule):
             text_file=self.text_file,
             texts_fallback=self.texts_fallback,
         )
+
+    # ------------------------------------------------------------------ on-device path
+
+    def _cached_teachers(self) -> CachedTeachers | None:
+        """The attached task's teachers; an error unless they are cached (None: no task)."""
+        task = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        if task is None:
+            return None
+        from ..teachers.cache import CachedTeachers
+
+        teachers = getattr(task, "teachers", None)
+        if not isinstance(teachers, CachedTeachers):
+            raise ValueError(
+                "data.on_device=true needs teachers=cached (features stored by `recon-data "
+                "cache-teachers`): on-device batches carry no images, and the online image "
+                "teacher needs the rendered PNGs, read and augmented by DataLoader workers every "
+                f"step (the task's teachers are {type(teachers).__name__}). Use teachers=cached, "
+                "or data.on_device=false"
+            )
+        return teachers
+
+    def _device(self) -> torch.device:
+        strategy = getattr(self.trainer, "strategy", None) if self.trainer else None
+        return torch.device(getattr(strategy, "root_device", "cpu"))
+
+    def prepare_data(self) -> None:
+        """With ``on_device``: stack the training clouds into their ``.npy`` cache once.
+
+        Lightning calls this on one process per node before ``setup``; the teachers are checked
+        first, so a wrong ``teachers`` fails before minutes of reading.
+        """
+        if self.on_device:
+            self._cached_teachers()
+            ensure_point_cache(self.dataset("train"), point_cache_dirs(self.root, self.cache_dir))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the stage's splits; with ``on_device``, put the training data on the device."""
+        super().setup(stage)
+        if self.on_device and stage in (None, "fit"):
+            self._setup_on_device()
+
+    def _setup_on_device(self) -> None:
+        teachers = self._cached_teachers()
+        if self._point_store is not None:  # a second fit with the same DataModule
+            return
+        train = self.dataset("train")
+        device = self._device()
+        if teachers is not None:
+            # Before the ~5 GB load: a cache of another split or list fails now, not mid-run.
+            used = [train.descriptions[label] for label in sorted(set(train.labels))]
+            teachers.check_dataset(len(train), descriptions=used)
+        self._point_store = load_point_store(
+            train,
+            device,
+            point_cache_dirs(self.root, self.cache_dir),
+            points_per_shape=self.on_device_points,
+            seed=run_seed(),
+        )
+        if teachers is not None:
+            teachers.make_resident(device, descriptions=self.descriptions)
+
+    def train_dataloader(self) -> Any:
+        """DataLoader path, or with ``on_device`` an :class:`OnDeviceTrainLoader` of indices."""
+        if not self.on_device:
+            return super().train_dataloader()
+        if self._point_store is None:
+            self._setup_on_device()
+        assert self._point_store is not None
+        world, rank = world_and_rank(self.trainer)
+        return OnDeviceTrainLoader(
+            len(self._point_store),
+            self.batch_size,
+            self._point_store.device,
+            seed=run_seed(),
+            num_replicas=world,
+            rank=rank,
+            epoch=int(self.trainer.current_epoch) if self.trainer is not None else 0,
+            trainer=self.trainer,
+        )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Build on-device index batches (subset, normalisation, train transform); see base."""
+        if self.on_device and "points" not in batch:  # from OnDeviceTrainLoader
+            if self._point_store is None:
+                self._setup_on_device()
+            assert self._point_store is not None
+            # torch's global generator on the device: RankSeeding reseeds it per batch and rank.
+            return self._point_store.batch(
+                batch["index"], self.npoints, transform=self.train_transform
+            )
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    # ------------------------------------------------------------------ categories
 
     @property
     def categories(self) -> list[tuple[str, str]]:

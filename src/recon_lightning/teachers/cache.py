@@ -11,6 +11,10 @@
   K trades disk (N * K * D * 4 bytes: ShapeNet-55's ~52k shapes x K=10 x 768 ~ 1.6 GB) for
   augmentation variety.
 
+Device residency (``data.on_device=true``): :meth:`CachedTeachers.make_resident` copies the image
+features onto the training device, where ``targets`` draws the view index and gathers the rows, and
+maps labels to text rows there, so a step reads nothing from disk and copies nothing to the device.
+
 Files in the cache folder: ``image_features.npy``, ``text_features.npy``, ``text_index.json`` (the
 description of each text row) and ``meta.json`` (written last; a folder without it is incomplete).
 Every file is written under a temporary name and renamed into place.
@@ -19,9 +23,10 @@ Every file is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +42,8 @@ from .prompts import NUM_PROMPTS, sample_prompt_indices
 
 if TYPE_CHECKING:  # a type only: teachers.py imports this module for its cached mode
     from .teachers import Teachers
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 IMAGE_FILE = "image_features.npy"
@@ -224,7 +231,8 @@ class CachedTeachers(nn.Module):
     ``targets(batch)`` uses ``batch["index"]`` to find the shape's K image views (one drawn at
     random per sample) and ``batch["text"]`` to find the description's 60 prompt features (one
     drawn at random per sample, as online). Text features (small) live in a non-persistent buffer
-    that moves with the module; image features stay memory-mapped on disk.
+    that moves with the module; image features stay memory-mapped on disk, unless
+    :meth:`make_resident` put them on the training device.
 
     Args:
         cache_dir: the cache folder.
@@ -264,6 +272,11 @@ class CachedTeachers(nn.Module):
             raise CacheMismatchError(f"{TEXT_FILE} has shape {text.shape}, meta disagrees")
         self.register_buffer("text_features", torch.from_numpy(text), persistent=False)
         self._image: np.ndarray | None = None
+        # Device residency (make_resident): plain attributes, not buffers, so that neither DDP
+        # (which broadcasts buffers every step) nor checkpoints see the 1.6 GB of image features.
+        self._resident = False
+        self._resident_image: torch.Tensor | None = None
+        self._label_rows: torch.Tensor | None = None
 
     @property
     def image_features(self) -> np.ndarray:
@@ -279,7 +292,65 @@ class CachedTeachers(nn.Module):
         # A memmap would be pickled by value (the whole file) when workers or DDP spawn copy us.
         state = self.__dict__.copy()
         state["_image"] = None
+        # Nor the resident copy: targets() makes it again on the batches' device after unpickling.
+        state["_resident_image"] = None
+        if self._label_rows is not None:
+            state["_label_rows"] = self._label_rows.cpu()
         return state
+
+    @property
+    def resident(self) -> bool:
+        """Whether :meth:`make_resident` was called (targets read the device copy)."""
+        return self._resident
+
+    def make_resident(
+        self, device: torch.device | str, descriptions: Sequence[str] | None = None
+    ) -> None:
+        """Keep the (N, K, D) image features on ``device`` and look targets up there.
+
+        Afterwards ``targets`` draws the view (and prompt) indices on the batch's device and
+        gathers from the device copy, without a host round trip (a batch on another device moves
+        the copy once). With ``descriptions`` (the dataset's category texts in label order), the
+        text rows come from ``batch["label"]`` on the device and ``batch["text"]`` is not read.
+        A description the cache lacks (a category the cached split never showed, e.g. with
+        ``data.ratio`` < 1) maps to a row past the table, so a batch with its label fails with an
+        indexing error instead of reading another category's features; check the labels a split
+        uses with :meth:`check_dataset` first.
+
+        Args:
+            device: the training device.
+            descriptions: category descriptions in label order.
+        """
+        device = torch.device(device)
+        mem = self.image_features
+        image = torch.empty(mem.shape, dtype=torch.float32, device=device)
+        step = 4096  # shapes per copy: bounds the host memory used on the way
+        for start in range(0, mem.shape[0], step):
+            block = np.array(mem[start : start + step], dtype=np.float32)
+            image[start : start + step].copy_(torch.from_numpy(block))
+        self._resident_image = image
+        if descriptions is not None:
+            missing = len(self.descriptions)
+            rows = [self._rows.get(d, missing) for d in descriptions]
+            self._label_rows = torch.tensor(rows, dtype=torch.long, device=device)
+        self._resident = True
+        log.info(
+            "teacher cache: %d x %d image features (%.2f GB) on %s",
+            mem.shape[0],
+            mem.shape[1],
+            image.numel() * 4 / 1e9,
+            device,
+        )
+
+    def _resident_on(self, device: torch.device) -> torch.Tensor:
+        """The resident image features on ``device`` (made again or moved once if needed)."""
+        if self._resident_image is None:
+            self.make_resident(device)
+        assert self._resident_image is not None
+        if self._resident_image.device != device:
+            log.info("teacher cache: moving the resident image features to %s", device)
+            self._resident_image = self._resident_image.to(device)
+        return self._resident_image
 
     def check_dataset(
         self,
@@ -330,16 +401,37 @@ class CachedTeachers(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets of a batch: ``(img (B, img_dim), text (B, text_dim))`` on the batch's device.
 
-        Draws, with ``generator`` (CPU) or torch's global RNG: first a view per sample in
-        0..K-1, then a prompt per sample in 0..59.
+        Draws, with ``generator`` or torch's global RNG: first a view per sample in 0..K-1, then
+        a prompt per sample in 0..59. Memory-mapped (the default), the draws are made on the CPU
+        (``generator`` must be a CPU generator). Resident (:meth:`make_resident`), they are made
+        on ``generator``'s device, or on the batch's device without one, and the same two draws
+        from the same CPU generator give the same targets as memory-mapped.
         """
         index = torch.as_tensor(batch["index"])
-        texts = list(batch["text"])
-        view = torch.randint(0, self.views, (index.shape[0],), generator=generator)
-        prompt_idx = sample_prompt_indices(len(texts), generator)
-        img = self.image_lookup(index, view).to(index.device)
-        txt = self.text_lookup(texts, prompt_idx).to(index.device)
-        return img, txt
+        if not self._resident:
+            texts = list(batch["text"])
+            view = torch.randint(0, self.views, (index.shape[0],), generator=generator)
+            prompt_idx = sample_prompt_indices(len(texts), generator)
+            img = self.image_lookup(index, view).to(index.device)
+            txt = self.text_lookup(texts, prompt_idx).to(index.device)
+            return img, txt
+        n, device = index.shape[0], index.device
+        draw_on = generator.device if generator is not None else device
+        view = torch.randint(0, self.views, (n,), generator=generator, device=draw_on)
+        prompt_idx = torch.randint(0, NUM_PROMPTS, (n,), generator=generator, device=draw_on)
+        # No range check here: it would read the indices back to the host every step; the
+        # DataModule checked the dataset's length against the cache when it made us resident.
+        img = self._resident_on(device)[index.long(), view.to(device)]
+        if self._label_rows is not None and "label" in batch:
+            if self._label_rows.device != device:
+                self._label_rows = self._label_rows.to(device)
+            rows = self._label_rows[torch.as_tensor(batch["label"]).long()]
+            # text_features moves with the module, so these are no-ops during training.
+            table = self.text_features
+            txt = table[rows.to(table.device), prompt_idx.to(table.device)]
+            return img, txt.to(device)
+        txt = self.text_lookup(list(batch["text"]), prompt_idx)
+        return img, txt.to(device)
 
     def extra_repr(self) -> str:
         return (
