@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recon_lightning.data import SyntheticShapes, SyntheticShapesDataModule
-from recon_lightning.data.synthetic_geometry import SHAPE_CLASSES
+from recon_lightning.data.synthetic_geometry import PART_SHAPE_CLASSES, SHAPE_CLASSES, part_layout
 from recon_lightning.data.transforms import fps_sample
 
 
@@ -223,3 +223,97 @@ def test_rejects_bad_settings() -> None:
         SyntheticShapes(split="dev")
     with pytest.raises(ValueError, match="unknown point transform"):
         _dm("classification", train_transform="warp")
+
+
+# --------------------------------------------------------------------------- part segmentation
+
+
+def test_partseg_items_follow_the_shapenetpart_contract() -> None:
+    kw = {"size": 10, "mode": "partseg", "num_points": 200, "npoints": 150}
+    train, val = SyntheticShapes("train", **kw), SyntheticShapes("val", **kw)
+    assert train.num_classes == len(PART_SHAPE_CLASSES) == 5
+    assert train.class_names == ["table", "mug", "lamp", "rocket", "chair"]
+    assert train.category_to_parts == part_layout() and train.num_parts == 13
+    for i in range(10):
+        item = train[i]
+        assert set(item) == {"points", "seg", "category", "index"}
+        assert item["points"].shape == (150, 3) and item["points"].dtype == torch.float32
+        assert item["seg"].shape == (150,) and item["seg"].dtype == torch.int64
+        assert int(item["category"]) == i % 5 and int(item["index"]) == i
+        assert set(item["seg"].tolist()) <= set(train.category_to_parts[i % 5])
+    # Evaluation draws are seeded per shape; training draws are fresh on every access.
+    assert torch.equal(val[3]["points"], val[3]["points"])
+    assert not torch.equal(train[3]["points"], train[3]["points"])
+    # Points and labels travel together through the deformation, pose and occlusion.
+    sample = val.generate(3)
+    drawn = val[3]
+    rows = dict(zip(map(tuple, sample.points.tolist()), sample.seg.tolist(), strict=True))
+    pairs = zip(drawn["points"].tolist(), drawn["seg"].tolist(), strict=True)
+    assert all(rows[tuple(p)] == s for p, s in pairs)
+
+
+def test_partseg_parts_are_all_present_and_geometric() -> None:
+    """Every part covers a fair share of its shape, and parts sit in different places (a
+    nearest-centroid on raw xyz from the shape's own part means beats chance clearly)."""
+    ds = SyntheticShapes("train", 25, mode="partseg", num_points=512, occlusion=0.0)
+    for i in range(25):
+        s = ds.generate(i)
+        parts = ds.category_to_parts[s.label]
+        shares = np.array([(s.seg == p).mean() for p in parts])
+        assert shares.min() > 0.02, (ds.class_names[s.label], shares)
+        centroids = np.stack([s.points[s.seg == p].mean(0) for p in parts])
+        nearest = np.asarray(parts)[((s.points[:, None] - centroids) ** 2).sum(-1).argmin(1)]
+        assert (nearest == s.seg).mean() > 1.5 / len(parts)
+
+
+def test_partseg_keeps_classification_streams_unchanged() -> None:
+    """Adding the partseg family does not move the classification shapes (same seed stream)."""
+    a = SyntheticShapes(size=4, num_points=64)
+    b = SyntheticShapes(size=4, num_points=64, part_categories=3)
+    np.testing.assert_array_equal(a.generate(2).points, b.generate(2).points)
+    assert a.generate(2).seg is None
+
+
+def test_part_categories_subset() -> None:
+    ds = SyntheticShapes(size=6, mode="partseg", num_points=64, npoints=64, part_categories=2)
+    assert ds.class_names == ["table", "mug"] and ds.num_parts == 4
+    assert [ds.generate(i).label for i in range(6)] == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="part_categories"):
+        SyntheticShapes(mode="partseg", part_categories=6)
+
+
+def test_datamodule_partseg_scales_and_shifts_training_batches_only(set_training) -> None:
+    dm = _dm("partseg", npoints=48)
+    dm.setup("fit")
+    assert dm.mode == "partseg" and dm.num_classes == 5 and dm.num_parts == 13
+    assert dm.class_names[2] == "lamp" and dm.part_names[4:7] == ["lamp/base", "lamp/pole",
+                                                                  "lamp/shade"]  # fmt: skip
+    assert dm.part_mask().shape == (5, 13) and dm.part_mask()[1].nonzero().flatten().tolist() == [
+        2,
+        3,
+    ]
+    batch = next(iter(dm.train_dataloader()))
+    val = next(iter(dm.val_dataloader()))
+    assert batch["points"].shape == (4, 48, 3) and batch["seg"].shape == (4, 48)
+    assert batch["category"].shape == (4,) and batch["index"].shape == (4,)
+    pts = batch["points"].clone()
+    set_training(dm, True)
+    out = dm.on_after_batch_transfer(dict(batch), 0)
+    assert out["points"].shape == pts.shape and not torch.allclose(out["points"], pts)
+    # One isotropic factor and one shift per shape: centred clouds differ by a scale only.
+    centred, orig = out["points"] - out["points"].mean(1, True), pts - pts.mean(1, True)
+    ratio = centred.norm(dim=-1).sum(1) / orig.norm(dim=-1).sum(1)
+    torch.testing.assert_close(centred, orig * ratio[:, None, None])
+    assert ((ratio >= 0.8) & (ratio <= 1.25)).all()
+    set_training(dm, False)
+    assert torch.equal(dm.on_after_batch_transfer(dict(val), 0)["points"], val["points"])
+
+
+def test_auto_mode_serves_a_partseg_task() -> None:
+    from types import SimpleNamespace
+
+    dm = _dm("auto")
+    task = SimpleNamespace(data_mode="partseg")
+    dm.trainer = SimpleNamespace(lightning_module=task, world_size=1, global_rank=0)
+    dm.setup("fit")
+    assert dm.mode == "partseg" and set(dm.dataset("train")[0]) >= {"seg", "category"}

@@ -3,11 +3,13 @@
 The reference's ``ckpt-best.pth`` (classification full / mlp3 / linear) becomes a
 :class:`~recon_lightning.tasks.classification.ClassificationTask` checkpoint, its
 ``ckpt-epoch-*.pth`` / ``ckpt-last.pth`` (pretraining) a
-:class:`~recon_lightning.tasks.pretrain.PretrainTask` one. Both load with
-``Task.load_from_checkpoint(DST)`` and work as ``ckpt_path=`` of any recipe. What the weights do
-not fix comes from ``--set`` (reference names)::
+:class:`~recon_lightning.tasks.pretrain.PretrainTask` one, and the segmentation
+``best_model.pth`` a :class:`~recon_lightning.tasks.segmentation.PartSegmentationTask` one. All
+load with ``Task.load_from_checkpoint(DST)`` and work as ``ckpt_path=`` of any recipe. What the
+weights do not fix comes from ``--set`` (reference names)::
 
     recon-convert ckpt-best.pth scan_hardest.ckpt --set type=mlp3 num_group=128
+    recon-convert best_model.pth partseg.ckpt            # --kind partseg, inferred from the keys
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def build_task(kind: str, config: Mapping[str, Any], converted: Mapping[str, tor
         from ..tasks.classification import ClassificationTask
 
         task = ClassificationTask(model=dict(config), protocol=config["head_type"])
+    elif kind == "partseg":
+        from ..tasks.segmentation import PartSegmentationTask
+
+        task = PartSegmentationTask(model=dict(config))
     else:
         from ..tasks.pretrain import PretrainTask
 
@@ -86,10 +92,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="recon-convert",
         description="Convert an official ReCon checkpoint into a Lightning .ckpt of our task.",
     )
-    parser.add_argument("src", help="official checkpoint (ckpt-best.pth, ckpt-epoch-300.pth, ...)")
+    parser.add_argument(
+        "src", help="official checkpoint (ckpt-best.pth, ckpt-epoch-300.pth, best_model.pth, ...)"
+    )
     parser.add_argument("dst", help="output .ckpt path")
     parser.add_argument(
-        "--kind", choices=("pretrain", "classification"), default=None, help="default: inferred"
+        "--kind",
+        choices=("pretrain", "classification", "partseg"),
+        default=None,
+        help="default: inferred from the keys",
     )
     parser.add_argument(
         "--set",
@@ -98,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="hyper-parameters the weights do not fix: num_heads, num_group, group_size, "
-        "type (mlp3), drop_path_rate, ...",
+        "type (mlp3), drop_path_rate, feature_blocks (partseg), ...",
     )
     args = parser.parse_args(argv)
     path = convert(args.src, args.dst, args.kind, **parse_overrides(args.overrides))

@@ -19,6 +19,14 @@ Nothing is generated up front, so any ``size`` costs nothing until items are rea
 224 px image, class description, label, index); in ``classification`` mode they mimic ModelNet /
 ScanObjectNN (all ``num_points`` points, shuffled in training, and a label), and the DataModule
 does the reference's FPS + subset + augmentation on the device.
+
+``partseg`` mode is a separate family for part segmentation
+(:data:`~recon_lightning.data.synthetic_geometry.PART_SHAPE_CLASSES`: table, mug, lamp, rocket,
+chair), each shape made of two or three labelled parts, through the same deformation, pose,
+noise and occlusion steps. Items follow the ShapeNetPart batch contract: ``npoints`` points drawn
+with replacement (fresh in training, seeded per shape otherwise), ``seg`` global part ids,
+``category`` and ``index``; the DataModule scales and shifts training clouds on the device as
+the reference's segmentation does.
 """
 
 from __future__ import annotations
@@ -31,11 +39,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import Mode, PointCloudDataModule
+from .base import PointCloudDataModule
 from .image_transforms import EvalImageTransform, ImageTransform, PretrainImageTransform
-from .synthetic_geometry import SHAPE_CLASSES
+from .shapenetpart import part_mask, scale_and_shift
+from .synthetic_geometry import PART_SHAPE_CLASSES, SHAPE_CLASSES, part_layout
 from .synthetic_render import render_points
 from .transforms import normalize_unit_sphere_np
+
+#: Item formats: the two of every PointCloudDataModule plus part segmentation.
+SyntheticMode = Literal["pretrain", "classification", "partseg"]
+MODES: tuple[str, ...] = ("pretrain", "classification", "partseg")
 
 #: Split name -> stream id mixed into each item's seed, so splits never share shapes.
 SPLIT_IDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -46,11 +59,13 @@ _OVERSAMPLE = 1.5
 
 @dataclass(frozen=True)
 class SyntheticSample:
-    """One generated shape: (num_points, 3) float32 unit-sphere points, optional image, label."""
+    """One generated shape: (num_points, 3) float32 unit-sphere points, optional image, label,
+    and in ``partseg`` mode (num_points,) int64 global part ids ``seg``."""
 
     points: np.ndarray
     image: np.ndarray | None
     label: int
+    seg: np.ndarray | None = None
 
 
 def _normalize(p: np.ndarray) -> np.ndarray:
@@ -94,11 +109,14 @@ class SyntheticShapes(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: number of items in the split.
         seed: dataset seed; the same seed gives identical shapes and images.
-        mode: ``"pretrain"`` or ``"classification"`` item format.
+        mode: ``"pretrain"``, ``"classification"`` or ``"partseg"`` item format.
         num_points: stored points per shape.
-        npoints: points per item in pretrain mode (random subset of ``num_points``); unused in
-            classification mode, where the DataModule samples on the device.
+        npoints: points per item in pretrain mode (random subset of ``num_points``) and in
+            partseg mode (drawn with replacement); unused in classification mode, where the
+            DataModule samples on the device.
         num_classes: use the first ``num_classes`` of the 12 shape classes (>= 2).
+        part_categories: partseg mode: use the first ``part_categories`` of the part-labelled
+            classes (>= 1; default: all five).
         image_size: rendering resolution (before the 224 px image pipeline).
         deformation: strength of the random deformation (0 = none, 1 = default).
         noise: standard deviation of the Gaussian point noise (unit-sphere units).
@@ -112,7 +130,7 @@ class SyntheticShapes(Dataset):
         split: str = "train",
         size: int = 1024,
         seed: int = 0,
-        mode: Mode = "classification",
+        mode: SyntheticMode = "classification",
         num_points: int = 2048,
         npoints: int = 1024,
         num_classes: int = len(SHAPE_CLASSES),
@@ -121,13 +139,20 @@ class SyntheticShapes(Dataset):
         noise: float = 0.01,
         occlusion: float = 0.5,
         image_transform: ImageTransform | None = None,
+        part_categories: int | None = None,
     ) -> None:
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}; got {split!r}")
-        if mode not in ("pretrain", "classification"):
-            raise ValueError(f"mode must be 'pretrain' or 'classification'; got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
         if not 2 <= num_classes <= len(SHAPE_CLASSES):
             raise ValueError(f"num_classes must be in [2, {len(SHAPE_CLASSES)}]; got {num_classes}")
+        if part_categories is not None and not 1 <= part_categories <= len(PART_SHAPE_CLASSES):
+            raise ValueError(
+                f"part_categories must be in [1, {len(PART_SHAPE_CLASSES)}]; got {part_categories}"
+            )
+        if mode == "partseg" and npoints < 1:
+            raise ValueError(f"partseg needs npoints >= 1; got {npoints}")
         if size < 0 or num_points < 1:
             raise ValueError(f"need size >= 0, num_points >= 1; got {size}, {num_points}")
         if mode == "pretrain" and not 1 <= npoints <= num_points:
@@ -138,6 +163,10 @@ class SyntheticShapes(Dataset):
             raise ValueError(f"occlusion is a probability in [0, 1]; got {occlusion}")
         self.split, self.size, self.seed, self.mode = split, int(size), int(seed), mode
         self.num_points, self.npoints, self.num_classes = int(num_points), int(npoints), num_classes
+        self.category_to_parts = part_layout(part_categories)
+        if mode == "partseg":
+            # The categories are the part-labelled classes, whatever num_classes says.
+            self.num_classes = len(self.category_to_parts)
         self.image_size = int(image_size)
         self.deformation, self.noise, self.occlusion = float(deformation), float(noise), occlusion
         if image_transform is None and mode == "pretrain":
@@ -146,13 +175,25 @@ class SyntheticShapes(Dataset):
 
     @property
     def class_names(self) -> list[str]:
-        """Class names in label order."""
+        """Class names in label order (the part-labelled classes in partseg mode)."""
+        if self.mode == "partseg":
+            return [name for name, _, _ in PART_SHAPE_CLASSES[: self.num_classes]]
         return [name for name, _, _ in SHAPE_CLASSES[: self.num_classes]]
 
     @property
     def descriptions(self) -> list[str]:
         """Class descriptions (the pretraining ``text``) in label order."""
+        if self.mode == "partseg":
+            return [
+                f"{name}, made of {' and '.join(parts)}"
+                for name, parts, _ in PART_SHAPE_CLASSES[: self.num_classes]
+            ]
         return [desc for _, desc, _ in SHAPE_CLASSES[: self.num_classes]]
+
+    @property
+    def num_parts(self) -> int:
+        """Global part ids of the part-labelled classes in use (partseg mode)."""
+        return sum(len(parts) for parts in self.category_to_parts.values())
 
     def __len__(self) -> int:
         return self.size
@@ -166,7 +207,8 @@ class SyntheticShapes(Dataset):
 
         Returns:
             :class:`SyntheticSample` with (num_points, 3) float32 points in the unit sphere and,
-            if rendered, an (image_size, image_size, 3) uint8 RGB image.
+            if rendered, an (image_size, image_size, 3) uint8 RGB image; in partseg mode also
+            the (num_points,) int64 global part id of every point.
         """
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for a split of {self.size} items")
@@ -174,9 +216,13 @@ class SyntheticShapes(Dataset):
             with_image = self.mode == "pretrain"
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index])
         label = index % self.num_classes
-        sampler = SHAPE_CLASSES[label][2]
         drawn = math.ceil(self.num_points * _OVERSAMPLE) if self.occlusion > 0 else self.num_points
-        p = _random_pose(_deform(sampler(drawn, rng), rng, self.deformation), rng)
+        part: np.ndarray | None = None
+        if self.mode == "partseg":
+            raw, part = PART_SHAPE_CLASSES[label][2](drawn, rng)
+        else:
+            raw = SHAPE_CLASSES[label][2](drawn, rng)
+        p = _random_pose(_deform(raw, rng, self.deformation), rng)
         p = _normalize(p)
         color = _random_color(rng)  # drawn always, so rendering never shifts the point stream
         # The image shows the clean, whole object (a "photo"); the cloud is a noisy partial scan.
@@ -185,12 +231,33 @@ class SyntheticShapes(Dataset):
         if rng.uniform() < self.occlusion:
             direction = rng.normal(size=3)
             along = p @ direction
-            p = p[along <= np.quantile(along, rng.uniform(0.7, 0.9))]
+            visible = along <= np.quantile(along, rng.uniform(0.7, 0.9))
+            p = p[visible]
+            part = None if part is None else part[visible]
         keep = rng.choice(len(p), self.num_points, replace=len(p) < self.num_points)
         points = _normalize(p[keep]).astype(np.float32)
-        return SyntheticSample(points=points, image=image, label=label)
+        seg = None if part is None else self.category_to_parts[label][0] + part[keep]
+        return SyntheticSample(points=points, image=image, label=label, seg=seg)
+
+    def _partseg_item(self, index: int) -> dict[str, Any]:
+        """ShapeNetPart's item: ``npoints`` drawn with replacement, seeded outside training."""
+        sample = self.generate(index)
+        assert sample.seg is not None
+        if self.split == "train":
+            choice = torch.randint(0, self.num_points, (self.npoints,)).numpy()
+        else:
+            draw = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index, 1])
+            choice = draw.integers(0, self.num_points, self.npoints)
+        return {
+            "points": torch.from_numpy(np.ascontiguousarray(sample.points[choice])),
+            "seg": torch.from_numpy(sample.seg[choice]),
+            "category": torch.tensor(sample.label, dtype=torch.long),
+            "index": torch.tensor(index, dtype=torch.long),
+        }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.mode == "partseg":
+            return self._partseg_item(index)
         sample = self.generate(index)
         label = torch.tensor(sample.label, dtype=torch.long)
         if self.mode == "classification":
@@ -214,17 +281,28 @@ class SyntheticShapes(Dataset):
 class SyntheticShapesDataModule(PointCloudDataModule):
     """DataModule over :class:`SyntheticShapes` with train / val / test splits.
 
+    In ``partseg`` mode batches follow the ShapeNetPart contract (``points`` (B, npoints, 3),
+    ``seg`` (B, npoints) global part ids, ``category`` (B,), ``index`` (B,)); training clouds are
+    scaled and shifted per shape on the device
+    (:func:`~recon_lightning.data.shapenetpart.scale_and_shift`), evaluation clouds pass
+    unchanged. :attr:`category_to_parts`, :attr:`num_parts` and :meth:`part_mask` describe the
+    part layout, as on :class:`~recon_lightning.data.shapenetpart.ShapeNetPartDataModule`.
+
     Args:
-        mode: ``"pretrain"`` (points, image, text, label, index), ``"classification"``, or
-            ``"auto"``: the item format the attached task asks for (its ``data_mode``
-            attribute) at ``setup``, so one ``data=synthetic`` config serves every recipe.
+        mode: ``"pretrain"`` (points, image, text, label, index), ``"classification"``,
+            ``"partseg"``, or ``"auto"``: the item format the attached task asks for (its
+            ``data_mode`` attribute) at ``setup``, so one ``data=synthetic`` config serves every
+            recipe.
         train_size, val_size, test_size: items per split.
         seed: dataset seed (same seed -> identical data).
         num_points: stored points per shape.
         npoints: points the model sees.
-        num_classes: number of shape classes used (2..12).
+        num_classes: number of shape classes used (2..12); not used in partseg mode.
+        part_categories: partseg mode: number of part-labelled classes used (1..5; None: all).
         image_size: rendering resolution before the 224 px image pipeline.
         deformation, noise, occlusion: difficulty knobs, see :class:`SyntheticShapes`.
+        augment: partseg mode: scale and shift training clouds (the reference's segmentation
+            augmentation).
         batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers,
         train_transform, vote_transform, shared_subset: see
         :class:`~recon_lightning.data.base.PointCloudDataModule`. Training clouds are rotated
@@ -237,7 +315,7 @@ class SyntheticShapesDataModule(PointCloudDataModule):
 
     def __init__(
         self,
-        mode: Mode | Literal["auto"] = "pretrain",
+        mode: SyntheticMode | Literal["auto"] = "pretrain",
         train_size: int = 2048,
         val_size: int = 256,
         test_size: int = 256,
@@ -257,12 +335,18 @@ class SyntheticShapesDataModule(PointCloudDataModule):
         train_transform: str = "rotate_y",
         vote_transform: str = "scale",
         shared_subset: bool = True,
+        part_categories: int | None = None,
+        augment: bool = True,
     ) -> None:
         self.auto_mode = mode == "auto"
         if self.auto_mode:
             mode = "pretrain"
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {(*MODES, 'auto')}; got {mode!r}")
         super().__init__(
-            mode=mode,
+            # The base class knows two item formats; partseg batches bypass its device-side
+            # resampling (see on_after_batch_transfer), so it is set up as classification.
+            mode="classification" if mode == "partseg" else mode,
             npoints=npoints,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
@@ -284,18 +368,30 @@ class SyntheticShapesDataModule(PointCloudDataModule):
             "deformation": deformation,
             "noise": noise,
             "occlusion": occlusion,
+            "part_categories": part_categories,
         }
+        self.mode: SyntheticMode = mode  # type: ignore[assignment]
         self._num_classes = num_classes
+        self.category_to_parts: dict[int, tuple[int, ...]] = part_layout(part_categories)
+        self.augment = bool(augment)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve ``mode="auto"`` from the attached task, then build the stage's splits."""
         task = getattr(self.trainer, "lightning_module", None) if self.trainer else None
         wanted = getattr(task, "data_mode", None)
-        if self.auto_mode and wanted in ("pretrain", "classification") and wanted != self.mode:
+        if self.auto_mode and wanted in MODES and wanted != self.mode:
             self.mode = wanted
             self.dataset_kwargs["mode"] = wanted
             self._datasets.clear()
         super().setup(stage)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Partseg: scale and shift training clouds; other modes: the base class's sampling."""
+        if self.mode != "partseg":
+            return super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.augment and self._is_training():
+            batch["points"] = scale_and_shift(batch["points"])
+        return batch
 
     def build_dataset(self, split: str) -> SyntheticShapes:
         """The :class:`SyntheticShapes` split with this module's settings."""
@@ -303,10 +399,30 @@ class SyntheticShapesDataModule(PointCloudDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        """Shape class names in label order."""
+        """Shape class names in label order (the part-labelled classes in partseg mode)."""
+        if self.mode == "partseg":
+            return [PART_SHAPE_CLASSES[c][0] for c in self.category_to_parts]
         return [name for name, _, _ in SHAPE_CLASSES[: self._num_classes]]
 
     @property
     def descriptions(self) -> list[str]:
         """Class descriptions (the pretraining text) in label order."""
         return [desc for _, desc, _ in SHAPE_CLASSES[: self._num_classes]]
+
+    @property
+    def num_parts(self) -> int:
+        """Number of global part ids of the part-labelled classes in use."""
+        return sum(len(parts) for parts in self.category_to_parts.values())
+
+    @property
+    def part_names(self) -> list[str]:
+        """``category/part`` name of every global part id, in id order."""
+        return [
+            f"{PART_SHAPE_CLASSES[c][0]}/{name}"
+            for c in self.category_to_parts
+            for name in PART_SHAPE_CLASSES[c][1]
+        ]
+
+    def part_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(C, P) bool: which parts belong to which part-labelled class."""
+        return part_mask(self.category_to_parts, self.num_parts, device)

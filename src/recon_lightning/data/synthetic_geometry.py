@@ -289,3 +289,139 @@ SHAPE_CLASSES: list[tuple[str, str, Callable[[int, Rng], np.ndarray]]] = [
     ("table", "table, a flat top standing on four legs", table),
     ("hourglass", "hourglass, two cones joined at their tips", hourglass),
 ]
+
+
+# ---------------------------------------------------------------------------- part-labelled shapes
+#
+# The part-segmentation family: shapes built from two or three named parts, each point labelled
+# with the index of its part within the shape (0, 1, 2). ``SyntheticShapes(mode="partseg")``
+# turns those into global part ids, as ShapeNetPart's 0..49.
+
+#: A primitive with the index of the part it belongs to.
+LabelledPart = tuple[Part, int]
+#: A part-labelled sampler: (n, rng) -> ((n, 3) points, (n,) int64 part indices).
+LabelledSampler = Callable[[int, Rng], tuple[np.ndarray, np.ndarray]]
+
+
+def mix_labelled(parts: Sequence[LabelledPart], n: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_mix` that also returns each point's part index (points grouped by primitive)."""
+    areas = np.array([max(area, 1e-9) for (area, _), _ in parts])
+    counts = rng.multinomial(n, areas / areas.sum())
+    points, labels = [], []
+    for ((_, sample), part), k in zip(parts, counts, strict=True):
+        if k > 0:
+            points.append(sample(int(k), rng))
+            labels.append(np.full(int(k), part, dtype=np.int64))
+    return np.concatenate(points, axis=0), np.concatenate(labels)
+
+
+def _boxes(half: Sequence[float], center: Sequence[float], part: int) -> list[LabelledPart]:
+    return [(p, part) for p in box_parts(half, center)]
+
+
+def handle_part(major: float, minor: float, center: Sequence[float]) -> Part:
+    """The outer half of a torus in the x-y plane around ``center``: a mug's handle."""
+    c = np.asarray(center, dtype=float)
+
+    def sample(n: int, rng: Rng) -> np.ndarray:
+        t = rng.uniform(-math.pi / 2, math.pi / 2, n)
+        phi = rng.uniform(0, 2 * math.pi, n)
+        ring = major + minor * np.cos(phi)
+        return c + np.stack([ring * np.cos(t), ring * np.sin(t), minor * np.sin(phi)], axis=1)
+
+    return 2 * math.pi**2 * major * minor, sample
+
+
+def part_table(n: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """Table: 0 top (a slab), 1 legs (four bars)."""
+    w, dpt, top, leg = rng.uniform(0.8, 1.1), rng.uniform(0.5, 0.8), 0.07, rng.uniform(0.05, 0.09)
+    height = rng.uniform(0.5, 0.9)
+    parts = _boxes((w, top, dpt), (0.0, height + top, 0.0), 0)
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            centre = (sx * (w - leg), 0.0, sz * (dpt - leg))
+            parts += _boxes((leg, height, leg), centre, 1)
+    return mix_labelled(parts, n, rng)
+
+
+def part_mug(n: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """Mug: 0 body (open cylinder with a bottom), 1 handle (a half torus on its side)."""
+    r, h = rng.uniform(0.45, 0.6), rng.uniform(0.6, 0.9)
+    major, minor = rng.uniform(0.4, 0.55) * h, rng.uniform(0.08, 0.11)
+    parts: list[LabelledPart] = [
+        (cylinder_side_part(r, -h, h), 0),
+        (disk_part(r, -h), 0),
+        (handle_part(major, minor, (r, rng.uniform(-0.2, 0.2) * h, 0.0)), 1),
+    ]
+    return mix_labelled(parts, n, rng)
+
+
+def part_lamp(n: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """Lamp: 0 base (a flat drum), 1 pole, 2 shade (an open cone)."""
+    rb, hb = rng.uniform(0.35, 0.5), rng.uniform(0.05, 0.1)
+    rp, top = rng.uniform(0.03, 0.06), rng.uniform(0.3, 0.6)
+    rs, hs = rng.uniform(0.4, 0.6), rng.uniform(0.35, 0.55)
+    y0 = -1.0
+    parts: list[LabelledPart] = [
+        (cylinder_side_part(rb, y0, y0 + hb), 0),
+        (disk_part(rb, y0 + hb), 0),
+        (disk_part(rb, y0), 0),
+        (cylinder_side_part(rp, y0 + hb, top), 1),
+        (cone_side_part(rs, top, top + hs), 2),
+    ]
+    return mix_labelled(parts, n, rng)
+
+
+def part_rocket(n: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """Rocket: 0 body (a cylinder), 1 nose (a cone), 2 fins (three or four triangles)."""
+    r, h = rng.uniform(0.18, 0.28), rng.uniform(0.7, 1.0)
+    nose, span = rng.uniform(0.3, 0.5), rng.uniform(0.25, 0.45)
+    parts: list[LabelledPart] = [
+        (cylinder_side_part(r, -h, h), 0),
+        (disk_part(r, -h), 0),
+        (cone_side_part(r, h, h + nose), 1),
+    ]
+    k = int(rng.integers(3, 5))
+    for j in range(k):
+        a = 2 * math.pi * j / k
+        d = np.array([math.cos(a), 0.0, math.sin(a)])
+        root_top = r * d + np.array([0.0, -h + 0.5 * h, 0.0])
+        root_low = r * d + np.array([0.0, -h, 0.0])
+        tip = (r + span) * d + np.array([0.0, -h - 0.1, 0.0])
+        parts.append((triangle_part(root_top, root_low, tip), 2))
+    return mix_labelled(parts, n, rng)
+
+
+def part_chair(n: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """Chair: 0 seat, 1 back, 2 legs."""
+    w, t, leg = rng.uniform(0.5, 0.7), 0.06, rng.uniform(0.04, 0.07)
+    seat_y, back_h = rng.uniform(-0.2, 0.1), rng.uniform(0.5, 0.8)
+    parts = _boxes((w, t, w), (0.0, seat_y, 0.0), 0)
+    parts += _boxes((w, back_h / 2, t), (0.0, seat_y + t + back_h / 2, -w + t), 1)
+    leg_h = (seat_y - t + 1.0) / 2
+    for sx in (-1, 1):
+        for sz in (-1, 1):
+            parts += _boxes((leg, leg_h, leg), (sx * (w - leg), -1.0 + leg_h, sz * (w - leg)), 2)
+    return mix_labelled(parts, n, rng)
+
+
+#: Part-labelled classes: (name, part names, sampler), in category order. Global part ids follow
+#: this order: table 0-1, mug 2-3, lamp 4-6, rocket 7-9, chair 10-12.
+PART_SHAPE_CLASSES: list[tuple[str, tuple[str, ...], LabelledSampler]] = [
+    ("table", ("top", "leg"), part_table),
+    ("mug", ("body", "handle"), part_mug),
+    ("lamp", ("base", "pole", "shade"), part_lamp),
+    ("rocket", ("body", "nose", "fin"), part_rocket),
+    ("chair", ("seat", "back", "leg"), part_chair),
+]
+
+
+def part_layout(num_categories: int | None = None) -> dict[int, tuple[int, ...]]:
+    """Category -> its global part ids for the first ``num_categories`` part classes."""
+    classes = PART_SHAPE_CLASSES[: num_categories or len(PART_SHAPE_CLASSES)]
+    layout: dict[int, tuple[int, ...]] = {}
+    start = 0
+    for category, (_, names, _) in enumerate(classes):
+        layout[category] = tuple(range(start, start + len(names)))
+        start += len(names)
+    return layout
