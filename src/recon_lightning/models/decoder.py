@@ -71,8 +71,15 @@ class MaskedDecoder(nn.Module):
         m = centers_ordered.shape[1] - v
         x = torch.cat([visible, self.mask_token.expand(b, m, c)], dim=1)
         hidden: list[torch.Tensor] = []
-        for block in self.blocks:
+        *blocks, last = self.blocks
+        for block in blocks:
             x = block(x + pos)
             if return_hidden:
                 hidden.append(x)
-        return self.norm(x[:, v:]), tuple(hidden) if return_hidden else None
+        if return_hidden:
+            x = last(x + pos)
+            hidden.append(x)
+            return self.norm(x[:, v:]), tuple(hidden)
+        # Only the mask tokens' outputs are read: the last block computes those rows alone (the
+        # visible rows still serve as its keys and values).
+        return self.norm(last.forward_rows(x + pos, v)), None

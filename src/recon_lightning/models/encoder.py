@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,41 @@ from .recon_block import ReConBlock
 QUERY_NAMES = ("cls", "img", "text")
 
 
+class _Deferred:
+    """A field value computed on first read (see :class:`_TensorField`)."""
+
+    def __init__(self, compute: Callable[[], torch.Tensor]) -> None:
+        self.compute = compute
+
+
+class _TensorField:
+    """Dataclass field that also accepts a :class:`_Deferred`, computed once on first read.
+
+    Used for the tokens of all patches in the pretraining forward, whose masked rows feed nothing
+    there: a caller that reads them pays for them, the training step does not.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: object, owner: type | None = None) -> torch.Tensor:
+        if obj is None:  # the dataclass machinery asking for a default: there is none
+            raise AttributeError(self.slot)
+        value = obj.__dict__[self.slot]
+        if isinstance(value, _Deferred):
+            value = obj.__dict__[self.slot] = value.compute()
+        return value
+
+    def __set__(self, obj: object, value: torch.Tensor | _Deferred) -> None:
+        obj.__dict__[self.slot] = value
+
+
+def _raw(obj: object, name: str) -> torch.Tensor | _Deferred:
+    """A :class:`_TensorField` value as stored, without computing a deferred one."""
+    stored = getattr(obj, "__dict__", {})
+    return stored[f"_{name}"] if f"_{name}" in stored else getattr(obj, name)
+
+
 @dataclass
 class Tokens:
     """Output of the tokenizer.
@@ -31,7 +67,7 @@ class Tokens:
         centers: (B, G, 3) FPS centres.
     """
 
-    tokens: torch.Tensor
+    tokens: torch.Tensor = _TensorField()  # type: ignore[assignment]
     neighborhood: torch.Tensor
     centers: torch.Tensor
 
@@ -45,7 +81,9 @@ class EncoderOutput:
         local: (B, V, C) outputs of the visible patch tokens, in FPS order (V = G without mask).
         centers: (B, G, 3) all patch centres.
         neighborhood: (B, G, k, 3) all patches, centre-relative.
-        tokens: (B, G, C) mini-PointNet tokens of all patches (before the transformer).
+        tokens: (B, G, C) mini-PointNet tokens of all patches (before the transformer). In the
+            pretraining forward the masked rows, which feed no loss, are computed on first read
+            and carry no gradient.
         mask: (B, G) bool, True = masked (hidden from the encoder), or None.
         hidden_states: per block, (B, V, C) local tokens before the final LayerNorm (on request).
         hidden_queries: per block, (B, 3, C) global queries before the final LayerNorm.
@@ -57,7 +95,7 @@ class EncoderOutput:
     local: torch.Tensor
     centers: torch.Tensor
     neighborhood: torch.Tensor
-    tokens: torch.Tensor
+    tokens: torch.Tensor = _TensorField()  # type: ignore[assignment]
     mask: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     hidden_queries: tuple[torch.Tensor, ...] | None = None
@@ -146,12 +184,32 @@ class ReConEncoder(nn.Module):
 
     def tokenize(self, points: torch.Tensor) -> Tokens:
         """Group ``points`` (B, N, 3) into patches and embed every patch."""
+        neighborhood, centers = self.group_points(points)
+        return Tokens(self.patch_embed(neighborhood), neighborhood, centers)
+
+    def group_points(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(neighborhood, centers)``: (B, G, k, 3) centre-relative patches, (B, G, 3) centres."""
         check_point_cloud(points, self.num_group, self.group_size)
         check_dtype(points, self.cls_token)
-        neighborhood, centers = group(
-            points, self.num_group, self.group_size, backend=self.group_backend
-        )
-        return Tokens(self.patch_embed(neighborhood), neighborhood, centers)
+        return group(points, self.num_group, self.group_size, backend=self.group_backend)
+
+    def tokenize_masked(
+        self, neighborhood: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[Tokens, torch.Tensor]:
+        """Embed grouped patches when a mask is known in advance (pretraining).
+
+        The same values as ``Tokens(patch_embed(neighborhood), ...)`` and ``select_visible``, but
+        the last mini-PointNet layer runs on the visible patches only; the masked patches' tokens
+        in ``Tokens.tokens`` are computed on first read (see
+        :meth:`MiniPointNet.forward_visible`).
+
+        Returns:
+            ``(tokens, visible)``: the :class:`Tokens` of all patches and the (B, V, C) visible
+            tokens, ready for :meth:`encode_visible`.
+        """
+        check_mask(mask, neighborhood.shape[:2])
+        visible, all_tokens = self.patch_embed.forward_visible(neighborhood, ~mask)
+        return Tokens(_Deferred(all_tokens), neighborhood, centers), visible
 
     def encode(
         self,
@@ -166,9 +224,18 @@ class ReConEncoder(nn.Module):
             mask: optional (B, G) bool, True = masked; every row must hide the same number.
             return_hidden: also return every block's outputs.
         """
-        x, centers = tokens.tokens, tokens.centers
-        if mask is not None:
-            x, centers = select_visible(x, mask), select_visible(centers, mask)
+        x = tokens.tokens if mask is None else select_visible(tokens.tokens, mask)
+        return self.encode_visible(x, tokens, mask, return_hidden)
+
+    def encode_visible(
+        self,
+        x: torch.Tensor,
+        tokens: Tokens,
+        mask: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> EncoderOutput:
+        """:meth:`encode` given the visible tokens ``x`` (B, V, C) already selected by ``mask``."""
+        centers = tokens.centers if mask is None else select_visible(tokens.centers, mask)
         b = x.shape[0]
         queries = torch.cat([self.cls_token, self.img_token, self.text_token], 1).expand(b, -1, -1)
         query_pos = torch.cat([self.cls_pos, self.img_pos, self.text_pos], 1).expand(b, -1, -1)
@@ -188,7 +255,7 @@ class ReConEncoder(nn.Module):
             local=x,
             centers=tokens.centers,
             neighborhood=tokens.neighborhood,
-            tokens=tokens.tokens,
+            tokens=_raw(tokens, "tokens"),
             mask=mask,
             hidden_states=tuple(hidden_local) if return_hidden else None,
             hidden_queries=tuple(hidden_queries) if return_hidden else None,
@@ -217,9 +284,15 @@ def select_visible(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, V, ...).
     """
-    if mask.dtype != torch.bool or mask.shape != x.shape[:2]:
+    check_mask(mask, x.shape[:2])
+    return x[~mask].reshape(x.shape[0], -1, *x.shape[2:])
+
+
+def check_mask(mask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless ``mask`` is a (B, G) bool tensor hiding as many in every row."""
+    if mask.dtype != torch.bool or mask.shape != tuple(shape):
         raise ValueError(
-            f"mask must be a bool tensor of shape {tuple(x.shape[:2])}; "
+            f"mask must be a bool tensor of shape {tuple(shape)}; "
             f"got {mask.dtype} {tuple(mask.shape)}"
         )
     visible = (~mask).sum(dim=1)
@@ -227,7 +300,6 @@ def select_visible(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"every row of mask must hide the same number of patches; visible counts {visible}"
         )
-    return x[~mask].reshape(x.shape[0], -1, *x.shape[2:])
 
 
 def downstream_encoder(**kwargs: Any) -> ReConEncoder:

@@ -169,10 +169,13 @@ class ReConPretrainer(nn.Module):
         Returns:
             :class:`PretrainOutput`; ``losses`` holds the terms its inputs allow and ``total``.
         """
-        tokens = self.encoder.tokenize(points)
+        neighborhood, centers = self.encoder.group_points(points)
         if mask is None:
-            mask = self.masker(tokens.centers)
-        enc = self.encoder.encode(tokens, mask, return_hidden)
+            mask = self.masker(centers)
+        # The mask is known before the embedding: the last mini-PointNet layer runs on the
+        # visible patches only (``enc.tokens`` computes the masked ones if read).
+        tokens, visible = self.encoder.tokenize_masked(neighborhood, centers, mask)
+        enc = self.encoder.encode_visible(visible, tokens, mask, return_hidden)
         decoded, dec_hidden = self.decoder(enc.local, tokens.centers, mask, return_hidden)
         recon = Reconstruction(
             pred=self.recon_head(decoded),

@@ -27,3 +27,11 @@ class TransformerBlock(nn.Module):
         """(B, N, C) -> (B, N, C)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_rows(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rows ``start:`` of ``forward(x)`` (B, N - start, C), without computing the others.
+
+        Every row still serves as key and value; the drop-path draws are the same (one per sample).
+        """
+        x_out = x[:, start:] + self.drop_path(self.attn.forward_rows(self.norm1(x), start))
+        return x_out + self.drop_path(self.mlp(self.norm2(x_out)))
