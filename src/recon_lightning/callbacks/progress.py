@@ -48,6 +48,8 @@ def _format_metrics(metrics: dict[str, Any], limit: int = 10) -> str:
         value = metrics[key]
         if key.endswith("_step") or key == "v_num":
             continue
+        if f"{key}_epoch" in metrics:
+            continue  # a step value whose epoch mean is shown (under the plain name) instead
         try:
             items.append(f"{key.removesuffix('_epoch')} {float(value):.4g}")
         except (TypeError, ValueError):

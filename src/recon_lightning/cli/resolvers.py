@@ -7,6 +7,8 @@
   same folder, the same wandb run, across requeues).
 - ``${recon_run_name:NAME,OVERRIDES}``: ``NAME`` plus the job's overrides, for logger run names
   (40 few-shot runs are no longer all called "fewshot").
+- ``${recon_job_overrides:}``: the job's overrides (Hydra's ``override_dirname``), empty
+  outside a Hydra run (tests, notebooks).
 - ``${recon_group:NAME}``: the wandb group: ``NAME`` plus the sweep folder's name in a multirun,
   so each sweep's runs group together.
 """
@@ -42,6 +44,16 @@ def run_name(name: str, overrides: str | None = None) -> str:
     return f"{name}:{overrides}" if overrides else str(name)
 
 
+def job_overrides() -> str:
+    """Hydra's ``job.override_dirname`` of this job, or ``""`` outside a Hydra run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().job.override_dirname)
+    except (ImportError, ValueError):
+        return ""
+
+
 def group(name: str) -> str:
     """``name`` in a single run; ``name@<sweep folder>`` inside a Hydra multirun."""
     try:
@@ -63,6 +75,7 @@ def register() -> None:
         ("recon_hash", short_hash, False),
         ("recon_run_name", run_name, False),
         ("recon_group", group, False),
+        ("recon_job_overrides", job_overrides, False),
     ):
         if not OmegaConf.has_resolver(key):
             OmegaConf.register_new_resolver(key, fn, use_cache=cache)

@@ -102,8 +102,9 @@ def prepare_fit(trainer: Any, datamodule: Any) -> int | None:
         return None
     from ..data.base import require_full_batch
 
-    samples = len(datamodule.dataset("train"))
-    require_full_batch("train", samples, datamodule.batch_size, trainer.world_size)
+    split = getattr(datamodule, "train_split", "train")  # ShapeNetPart trains on trainval
+    samples = len(datamodule.dataset(split))
+    require_full_batch(split, samples, datamodule.batch_size, trainer.world_size)
     batches = samples // trainer.world_size // datamodule.batch_size
     limit = trainer.limit_train_batches
     if isinstance(limit, int):

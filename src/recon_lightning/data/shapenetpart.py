@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from recon_lightning.ops import gather_points, knn, three_nn_interpolate
 
 from ..atomic_io import write_with_atomic
+from ..distributed import eval_loader, train_loader
 from .base import require_full_batch, resolve_num_workers
 from .errors import DatasetNotFoundError, MalformedDatasetError, describe_missing, require_dir
 from .transforms import normalize_unit_sphere_np
@@ -817,12 +818,15 @@ class ShapeNetPartDataModule(L.LightningDataModule):
                 require_full_batch(split, len(dataset), self.batch_size, world)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        # The package's samplers: training shuffles like DistributedSampler and resumes
+        # mid-epoch; evaluation splits the shapes over the ranks without padding, so no shape is
+        # counted twice in the mIoU (see recon_lightning.distributed).
         all_points = self.eval_all_points and not train
-        return DataLoader(
+        make = train_loader if train else eval_loader
+        return make(
             self.dataset(split),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,  # the reference drops the last partial batch in training only
+            trainer=self.trainer,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

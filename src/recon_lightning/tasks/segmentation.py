@@ -321,7 +321,11 @@ class PartSegmentationTask(pl.LightningModule):
         # The reference's training accuracy: unrestricted argmax over all parts.
         acc = 100.0 * (log_probs.detach().argmax(-1) == seg).float().mean()
         b = points.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+        # Per step: this rank's loss, no collective; the epoch mean is reduced once per epoch.
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log(
+            "train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=b, sync_dist=True
+        )
         self.log("train/acc", acc, batch_size=b, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
@@ -404,12 +408,12 @@ class PartSegmentationTask(pl.LightningModule):
         self.val_history.append((int(self.current_epoch), inst, cls))
         self._finish_eval(out, "val")
         best_epoch, best_inst = self.best_epoch()
-        self.log("val/miou_instance", inst, prog_bar=True, sync_dist=False)
-        self.log("val/miou_class", cls, prog_bar=True, sync_dist=False)
-        self.log("val/acc", 100.0 * float(out["accuracy"]), sync_dist=False)
-        self.log("val/miou_instance_best", best_inst, sync_dist=False)
-        self.log("val/miou_instance_best_epoch", float(best_epoch), sync_dist=False)
-        self.log("val/miou_class_best", self.best_class_miou()[1], sync_dist=False)
+        self.log("val/miou_instance", inst, prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log("val/miou_class", cls, prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log("val/acc", 100.0 * float(out["accuracy"]), sync_dist=True, reduce_fx="max")
+        self.log("val/miou_instance_best", best_inst, sync_dist=True, reduce_fx="max")
+        self.log("val/miou_instance_best_epoch", float(best_epoch), sync_dist=True, reduce_fx="max")
+        self.log("val/miou_class_best", self.best_class_miou()[1], sync_dist=True, reduce_fx="max")
 
     def on_test_epoch_end(self) -> None:
         out = self.test_iou.compute()
@@ -422,7 +426,7 @@ class PartSegmentationTask(pl.LightningModule):
         }
         self.test_metrics = metrics
         for name, value in metrics.items():
-            self.log(name, value, sync_dist=False)
+            self.log(name, value, sync_dist=True, reduce_fx="max")
 
     def _finish_eval(self, out: dict[str, torch.Tensor], stage: str) -> None:
         self.last_eval = {k: v.detach().cpu() for k, v in out.items()}
