@@ -94,7 +94,6 @@ def test_resume_auto_continues_from_the_run_folders_last_checkpoint(tmp_path, ca
         run(missing)
 
 
-@pytest.mark.slow
 def test_submitit_local_multirun_writes_one_result_per_job(tmp_path):
     result = _cli(
         [

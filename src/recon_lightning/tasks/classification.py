@@ -38,7 +38,7 @@ from ..data.transforms import get_batch_transform
 from ..evaluation.results import build_results, write_json_atomic
 from ..evaluation.voting import RepeatedVoteAccuracy, vote_logits, vote_pool
 from ..models import HEAD_TYPES, ReConClassifier, build_classifier
-from .config import datamodule_of, encoder_kwargs, plain
+from .config import compile_blocks, datamodule_of, encoder_kwargs, plain
 from .init_weights import check_report_complete, initialise
 from .optim import configure_reference_optimizer, reference_no_decay
 
@@ -117,6 +117,7 @@ class ClassificationTask(pl.LightningModule):
         vote: Mapping[str, Any] | None = None,
         setting: Mapping[str, Any] | None = None,
         frozen_backbone_mode: str = "train",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -149,6 +150,8 @@ class ClassificationTask(pl.LightningModule):
         self.init_report = initialise(self.model, ckpt_path, f"classification ({protocol})")
         if protocol != "full":
             self.model.freeze_backbone()
+        if compile:  # the encoder blocks; FPS and the tokenizer's ops stay eager
+            compile_blocks(self.model)
 
         num_classes = config["cls_dim"]
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

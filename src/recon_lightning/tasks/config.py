@@ -71,3 +71,21 @@ def datamodule_of(module: Any) -> Any | None:
     """The DataModule attached to a LightningModule's trainer, or None."""
     trainer = getattr(module, "_trainer", None)
     return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+
+def compile_blocks(model: Any) -> int:
+    """``torch.compile`` every transformer block of ``model`` in place (``task.compile=true``).
+
+    Only the blocks (``*.blocks[i]`` of the encoder and decoder) are compiled: the point ops
+    (FPS, kNN, Chamfer) stay outside the graph, and parameter names do not change, so
+    checkpoints load either way. Returns the number of blocks compiled.
+    """
+    from torch import nn
+
+    count = 0
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "blocks" and isinstance(module, nn.ModuleList):
+            for block in module:
+                block.compile()
+                count += 1
+    return count

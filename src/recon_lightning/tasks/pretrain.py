@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 
 from ..checkpoints.keymap import to_official
 from ..models import ReConPretrainer, build_pretrainer
-from .config import instantiate, plain
+from .config import compile_blocks, instantiate, plain
 from .init_weights import initialise
 from .optim import configure_reference_optimizer, reference_no_decay
 
@@ -71,6 +71,7 @@ class PretrainTask(pl.LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         ckpt_path: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.teachers = build_teachers_from_config(teachers)
@@ -88,6 +89,8 @@ class PretrainTask(pl.LightningModule):
         self.init_report = initialise(self.model, ckpt_path, "pretrain")
         if self.init_report is not None and not self.init_report.loaded:
             raise ValueError(f"ckpt_path={ckpt_path} holds no weights of the pretraining model")
+        if compile:
+            compile_blocks(self.model)
         # Validation means as sums of (loss x samples) and of samples over every rank: the
         # unpadded evaluation sampler gives ranks uneven slices, and Lightning's ``sync_dist``
         # mean truncates the rank-averaged sample count to an integer, which skews such means.

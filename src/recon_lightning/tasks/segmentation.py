@@ -61,7 +61,7 @@ from ..evaluation.segmentation_metrics import (
     segmentation_table,
 )
 from ..models import ReConPartSegmentation, build_partseg
-from .config import ENCODER_KEYS, datamodule_of, encoder_kwargs, plain
+from .config import ENCODER_KEYS, compile_blocks, datamodule_of, encoder_kwargs, plain
 from .init_weights import initialise
 from .optim import configure_reference_optimizer, reference_no_decay
 
@@ -198,6 +198,7 @@ class PartSegmentationTask(pl.LightningModule):
         all_points_method: str = "three_nn",
         num_examples: int = 4,
         setting: Mapping[str, Any] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if all_points_method not in ("three_nn", "nearest"):
@@ -226,6 +227,8 @@ class PartSegmentationTask(pl.LightningModule):
         self.model: ReConPartSegmentation = build_partseg(**config)
         self.init_checkpoint = None if ckpt_path is None else str(ckpt_path)
         self.init_report = initialise(self.model, ckpt_path, "part segmentation")
+        if compile:  # the encoder blocks; the point ops stay eager
+            compile_blocks(self.model)
 
         # Until a DataModule says otherwise: ShapeNetPart's layout when the head fits it, else
         # every part allowed for every category (no restriction).
