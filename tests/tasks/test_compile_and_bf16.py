@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from hydra_helpers import TINY_MODEL, TINY_PRETRAIN, compose_cfg
 
+from hydra_helpers import TINY_MODEL, TINY_PRETRAIN, compose_cfg
 from recon_lightning.cli.train import run
 
 DATA = ["data.train_size=8", "data.val_size=4", "data.test_size=4", "data.total_bs=4"]
