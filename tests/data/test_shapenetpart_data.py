@@ -326,7 +326,12 @@ def test_training_draws_differ_across_epochs_and_eval_repeats(write_shapenetpart
     def epoch(loader) -> dict[int, torch.Tensor]:
         return {int(i): p for b in loader for i, p in zip(b["index"], b["points"], strict=True)}
 
-    e1, e2 = epoch(dm.train_dataloader()), epoch(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    e1 = epoch(loader)
+    again = epoch(dm.train_dataloader())  # the same epoch again: the same draws (resumable)
+    assert all(torch.equal(e1[k], again[k]) for k in e1)
+    loader.sampler.set_epoch(1)  # what Lightning does at every epoch start
+    e2 = epoch(loader)
     assert e1.keys() == e2.keys() and len(e1) == 9
     assert all(not torch.equal(e1[k], e2[k]) for k in e1)
     v1, v2 = epoch(dm.val_dataloader()), epoch(dm.val_dataloader())
