@@ -37,25 +37,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, overload
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..atomic_io import replace_atomic
 from ..distributed import ResumableShuffleSampler, run_seed
 from .base import available_cpus
 from .errors import MalformedDatasetError
+from .progress import progress_counter
 from .transforms import BatchTransform, normalize_unit_sphere
 
 log = logging.getLogger(__name__)
@@ -184,40 +181,11 @@ def _open_cache(path: Path, num_shapes: int) -> np.ndarray | None:
     return mem
 
 
-@contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``: a rich bar on a terminal, a few plain log lines otherwise."""
-    console = Console(file=sys.stderr)
-    if console.is_terminal:
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(description, total=total)
-            yield lambda n: progress.advance(task, n)
-        return
-    log.info("%s: 0/%d", description, total)
-    done, next_report, start = 0, 1, time.monotonic()
-
-    def advance(n: int) -> None:
-        nonlocal done, next_report
-        done += n
-        # Four lines in all (25 %, 50 %, 75 %, done): enough for a log file, no flood.
-        while next_report <= 4 and done * 4 >= next_report * total:
-            log.info("%s: %d/%d (%.0fs)", description, done, total, time.monotonic() - start)
-            next_report += 1
-
-    yield advance
-
-
 def _stack_into(dataset: StoredClouds, out: np.ndarray, readers: int) -> None:
     """Read every cloud of ``dataset`` into ``out`` (S, P, 3), in dataset order."""
     num, stored = out.shape[:2]
     with (
-        _progress(f"stacking {num} point clouds", num) as advance,
+        progress_counter(f"stacking {num} point clouds", num, log) as advance,
         ThreadPoolExecutor(max_workers=readers) as pool,
     ):
         # Reading .npy files releases the GIL, so threads overlap the file system's latency;

@@ -46,12 +46,10 @@ import io
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +57,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from recon_lightning.ops import gather_points, knn, three_nn_interpolate
@@ -69,6 +65,7 @@ from ..atomic_io import write_with_atomic
 from ..distributed import eval_loader, train_loader
 from .base import require_full_batch, resolve_num_workers
 from .errors import DatasetNotFoundError, MalformedDatasetError, describe_missing, require_dir
+from .progress import progress_counter
 from .transforms import normalize_unit_sphere_np
 
 log = logging.getLogger(__name__)
@@ -382,36 +379,6 @@ def cache_key(entries: Sequence[ShapeEntry], split: str) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``: a rich bar on a terminal, a few plain log lines otherwise."""
-    console = Console(file=sys.stderr)
-    if console.is_terminal:
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(description, total=total)
-            yield lambda n: progress.advance(task, n)
-        return
-    log.info("%s: 0/%d", description, total)
-    done = 0
-    next_report = 1
-
-    def advance(n: int) -> None:
-        nonlocal done, next_report
-        done += n
-        # Four lines in all (25 %, 50 %, 75 %, done): enough for a log file, no flood.
-        while next_report <= 4 and done * 4 >= next_report * total:
-            log.info("%s: %d/%d", description, done, total)
-            next_report += 1
-
-    yield advance
-
-
 def _write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """``np.savez`` atomically: a half-written cache is never read back."""
     write_with_atomic(path, lambda handle: np.savez(handle, **arrays))
@@ -430,7 +397,9 @@ class PartSplit:
 
 def _parse_split(entries: Sequence[ShapeEntry], split: str) -> PartSplit:
     xyz, seg = [], []
-    with _progress(f"ShapeNetPart {split}: parsing shape files", len(entries)) as advance:
+    with progress_counter(
+        f"ShapeNetPart {split}: parsing shape files", len(entries), log, timed=False
+    ) as advance:
         for entry in entries:
             points, labels = parse_shape_file(entry.path, entry.category)
             xyz.append(points)
